@@ -1,0 +1,95 @@
+"""Turn one source file into the bytes a record stores, or a reason to skip it.
+
+Record images are RGB, at most ``max_side`` pixels on the long side, with any
+EXIF rotation applied. A source file that already satisfies this (a baseline
+or progressive YCbCr JPEG, small enough, upright) is stored byte for byte
+after a check decode at 1/8 scale (libjpeg's DCT scaling still reads every
+entropy-coded byte, so truncation is caught, at a fraction of a full decode's
+cost). Everything else (PNG data in a .JPEG, CMYK, greyscale, rotated, too
+large) is decoded, fixed and re-encoded once.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+#: Largest image accepted, in pixels; beyond it the file is skipped as a likely decompression bomb.
+MAX_PIXELS = 30_000 * 30_000
+EXIF_ORIENTATION = 0x0112
+WRITE_MODES = ("jpg", "raw")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    data: bytes  # JPEG bytes (write_mode 'jpg') or HWC uint8 RGB pixels ('raw')
+    width: int
+    height: int
+    fix: str  # '' when stored as is, else why it was re-encoded
+
+
+def prepare(path: str, max_side: int, jpeg_quality: int = 90, write_mode: str = "jpg") -> Prepared | str:
+    """Prepared record bytes for ``path``, or a one-line reason to skip it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return f"unreadable file: {e.strerror or e}"
+    if not data:
+        return "zero-byte file"
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        return _prepare(data, max_side, jpeg_quality, write_mode)
+    except Image.DecompressionBombError:
+        return f"image larger than {MAX_PIXELS} pixels"
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        return f"undecodable image ({type(e).__name__}: {e})"
+
+
+def _prepare(data: bytes, max_side: int, quality: int, write_mode: str) -> Prepared:
+    im = Image.open(io.BytesIO(data))
+    w, h = im.size
+    fixes = _needed_fixes(im, max_side)
+    if not fixes and write_mode == "jpg":
+        im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+        im.load()  # raises on truncated or corrupt entropy-coded data
+        return Prepared(data, w, h, "")
+    scale = min(1.0, max_side / max(w, h))
+    target = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK"):
+        im.draft(im.mode, target)  # decode straight to the smallest DCT scale >= target
+    im.load()
+    im = _to_rgb(ImageOps.exif_transpose(im))
+    if max(im.size) > max_side:
+        s = max_side / max(im.size)
+        im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.LANCZOS)
+    if write_mode == "raw":
+        return Prepared(np.asarray(im, dtype=np.uint8).tobytes(), im.width, im.height, ",".join(fixes) or "raw")
+    out = io.BytesIO()
+    im.save(out, "JPEG", quality=quality)
+    return Prepared(out.getvalue(), im.width, im.height, ",".join(fixes))
+
+
+def _needed_fixes(im: Image.Image, max_side: int) -> list[str]:
+    fixes = []
+    if im.format != "JPEG":
+        fixes.append(f"{(im.format or 'unknown').lower()} data")
+    if im.mode != "RGB":
+        fixes.append(f"mode {im.mode}")
+    if im.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        fixes.append("exif rotation")
+    if max(im.size) > max_side:
+        fixes.append("resized")
+    return fixes
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")

@@ -1,0 +1,127 @@
+"""What every source layout produces: classes and, per split, (file, label) items.
+
+A layout module (imagenet, inat, herbarium, folder) scans a source tree and
+returns a :class:`Layout`. It reads no pixels; files that cannot be used
+because of the layout (missing file, no annotation) are listed as skipped.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+
+#: File suffixes read as images by the folder and ImageNet layouts (case-insensitive).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class LayoutError(UserError):
+    """SRC is not the layout that was named: says what was expected and what was found."""
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str  # absolute path of the image file
+    label: int  # class index
+
+
+@dataclass
+class Split:
+    items: list[Item] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+@dataclass
+class Layout:
+    kind: str  # 'imagenet', 'inat', 'herbarium' or 'folder'
+    source: str
+    classes: list[dict]  # index order; each has at least {'index', 'name'}
+    splits: dict[str, Split]
+    warnings: list[str] = field(default_factory=list)
+
+
+def describe(path: Path, limit: int = 8) -> str:
+    """A short listing of what is at ``path``, for error messages."""
+    if not path.exists():
+        return f"{path} does not exist"
+    if not path.is_dir():
+        return f"{path} is a file, not a folder"
+    names = sorted(os.listdir(path))
+    shown = ", ".join(n + ("/" if (path / n).is_dir() else "") for n in names[:limit])
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{path} holds {shown or 'nothing'}{more}"
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    with os.scandir(folder) as it:
+        return sorted(
+            Path(e.path) for e in it if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)
+        )
+
+
+def class_folders(split_dir: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+
+
+def from_class_folders(split_dir: Path, index: dict[str, int]) -> Split:
+    """One split of an ImageFolder tree: ``split_dir/<class>/<image>``."""
+    split = Split()
+    for name in class_folders(split_dir):
+        for p in list_images(split_dir / name):
+            split.items.append(Item(str(p), index[name]))
+    return split
+
+
+def empty_class_warnings(layout: Layout) -> list[str]:
+    """Warn for each class that has no image in any split; it keeps its index."""
+    seen = {it.label for s in layout.splits.values() for it in s.items}
+    return [
+        f"class {c['name']!r} (index {c['index']}) has no images; its index is kept so labels stay aligned"
+        for c in layout.classes
+        if c["index"] not in seen
+    ]
+
+
+def coco_split(json_path: Path, image_root: Path):
+    """Items of a COCO-style annotation file (iNaturalist, Herbarium).
+
+    Returns (split, categories) where categories maps category id -> name.
+    Entries whose file is missing or that have no annotation are skipped with a reason.
+    """
+    import json
+
+    with open(json_path) as f:
+        doc = json.load(f)
+    for key in ("images", "annotations", "categories"):
+        if key not in doc:
+            raise LayoutError(
+                f"{json_path} is not a COCO-style annotation file: expected the keys images, "
+                f"annotations and categories, found {', '.join(sorted(doc)) or 'none'}"
+            )
+    categories = {int(c["id"]): str(c.get("name", c["id"])) for c in doc["categories"]}
+    label_of_image = {int(a["image_id"]): int(a["category_id"]) for a in doc["annotations"]}
+    split = Split()
+    for im in doc["images"]:
+        path = image_root / im["file_name"]
+        cat = label_of_image.get(int(im["id"]))
+        if cat is None:
+            split.skipped.append((str(path), "no annotation for this image"))
+        elif not path.is_file():
+            split.skipped.append((str(path), "file listed in the annotations is missing"))
+        else:
+            split.items.append(Item(str(path), cat))
+    return split, categories
+
+
+def relabel_coco(kind: str, src: Path, splits: dict[str, Split], categories: dict[int, str]) -> Layout:
+    """Turn category ids into contiguous indices in sorted id order."""
+    ids = sorted(categories)
+    index = {c: i for i, c in enumerate(ids)}
+    for split in splits.values():
+        split.items = [Item(it.path, index[it.label]) for it in split.items]
+    classes = [{"index": i, "name": categories[c], "category_id": c} for i, c in enumerate(ids)]
+    layout = Layout(kind, str(src), classes, splits)
+    layout.warnings = empty_class_warnings(layout)
+    return layout

@@ -1,0 +1,57 @@
+"""MXNet RecordIO shards (``.rec`` + ``.idx``) that ``nvidia.dali.fn.readers.mxnet`` reads.
+
+Each record is ``magic, length`` (two little-endian uint32), then an image
+header ``flag, label, id, id2`` (uint32, float32, uint64, uint64) and the
+image bytes, padded to 4 bytes. The ``.idx`` file has one ``key<TAB>offset``
+line per record; it is written here directly, since MXNet's rec2idx needs MXNet.
+"""
+from __future__ import annotations
+
+import os
+import struct
+
+MAGIC = 0xCED7230A
+IMAGE_HEADER = struct.Struct("<IfQQ")
+RECORD_HEADER = struct.Struct("<II")
+MAX_RECORD = (1 << 29) - 1  # the length field has 29 bits
+
+
+class RecordIOWriter:
+    def __init__(self, rec_path: str, idx_path: str):
+        self.rec = open(rec_path, "wb")
+        self.idx = open(idx_path, "w")
+        self.count = 0
+        self._pos = 0
+
+    def write(self, data: bytes, label: int, key: int) -> None:
+        payload = IMAGE_HEADER.pack(0, float(label), key, 0) + data
+        if len(payload) > MAX_RECORD:
+            raise ValueError(f"record {key} is {len(payload)} bytes; RecordIO allows at most {MAX_RECORD}")
+        pad = -len(payload) % 4
+        self.idx.write(f"{key}\t{self._pos}\n")
+        self.rec.write(RECORD_HEADER.pack(MAGIC, len(payload)) + payload + b"\0" * pad)
+        self._pos += RECORD_HEADER.size + len(payload) + pad
+        self.count += 1
+
+    def close(self) -> None:
+        for f in (self.rec, self.idx):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+
+    def abort(self) -> None:
+        self.rec.close()
+        self.idx.close()
+
+
+def read_records(rec_path: str):
+    """Yield (key, label, image bytes) from a ``.rec`` file, in file order."""
+    with open(rec_path, "rb") as f:
+        while header := f.read(RECORD_HEADER.size):
+            magic, length = RECORD_HEADER.unpack(header)
+            if magic != MAGIC:
+                raise ValueError(f"{rec_path}: bad record magic at offset {f.tell() - RECORD_HEADER.size}")
+            payload = f.read(length)
+            f.read(-length % 4)
+            flag, label, key, _ = IMAGE_HEADER.unpack_from(payload)
+            yield key, int(label), payload[IMAGE_HEADER.size + 4 * flag:]

@@ -1,0 +1,100 @@
+"""Re-read every record of a conversion through FFCV's Loader and DALI's ``readers.mxnet``.
+
+Checks, per split: each file's size and SHA-256 against the manifest, that every
+image decodes, and that record counts and labels match the manifest's index.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .core import MANIFEST, sha256
+
+BATCH = 256
+PROBE = 32  # px: images are decoded, then cropped small; the decode is what is checked
+
+
+class VerifyError(UserError):
+    pass
+
+
+def verify(out: str | Path, workers: int = 0, log=print) -> dict:
+    out = Path(out)
+    if not (out / MANIFEST).is_file():
+        raise UserError(f"{out} has no {MANIFEST}: it is not a finished conversion (run `fixres-fast convert` first)")
+    manifest = json.loads((out / MANIFEST).read_text())
+    workers = workers or os.cpu_count() or 1
+    report = {}
+    for name, split in manifest["splits"].items():
+        _check_files(out, split)
+        labels = expected_labels(out / split["index"])
+        if len(labels) != split["count"]:
+            raise VerifyError(f"{name}: index lists {len(labels)} records, manifest says {split['count']}")
+        names = [f["name"] for f in split["files"]]
+        report[name] = {"count": split["count"]}
+        beton = [n for n in names if n.endswith(".beton")]
+        if beton:
+            _compare(name, "beton", read_beton_labels(out / beton[0], workers), labels)
+            report[name]["beton"] = "ok"
+        recs = sorted(n for n in names if n.endswith(".rec"))
+        if recs:
+            got = read_recordio_labels([out / r for r in recs], workers)
+            _compare(name, "recordio", got, labels)
+            report[name]["recordio"] = "ok"
+        log(f"{name}: {split['count']} records; " + ", ".join(f"{k} ok" for k in ("beton", "recordio") if k in report[name]))
+    return report
+
+
+def expected_labels(index_path: Path) -> np.ndarray:
+    with open(index_path) as f:
+        next(f)
+        return np.array([int(line.split("\t", 2)[1]) for line in f], dtype=np.int64)
+
+
+def _check_files(out: Path, split: dict) -> None:
+    for f in split["files"]:
+        p = out / f["name"]
+        if not p.is_file():
+            raise VerifyError(f"{p} is missing")
+        if p.stat().st_size != f["bytes"] or sha256(p) != f["sha256"]:
+            raise VerifyError(f"{p} does not match the checksum in the manifest: it changed or is damaged")
+
+
+def _compare(split: str, fmt: str, got: np.ndarray, want: np.ndarray) -> None:
+    if len(got) != len(want):
+        raise VerifyError(f"{split} {fmt}: read {len(got)} records, manifest says {len(want)}")
+    bad = np.flatnonzero(got != want)
+    if len(bad):
+        raise VerifyError(f"{split} {fmt}: {len(bad)} labels differ from the index, first at record {bad[0]}")
+
+
+def read_beton_labels(path: Path, workers: int) -> np.ndarray:
+    """Decode every image of a .beton with FFCV's Loader; return the labels in record order."""
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    loader = Loader(str(path), batch_size=BATCH, num_workers=workers, order=OrderOption.SEQUENTIAL,
+                    drop_last=False, pipelines={"image": [CenterCropRGBImageDecoder((PROBE, PROBE), 1.0)],
+                                                "label": [IntDecoder()]})
+    return np.concatenate([np.asarray(lab).reshape(-1) for _, lab in loader] or [np.zeros(0)]).astype(np.int64)
+
+
+def read_recordio_labels(recs: list[Path], workers: int) -> np.ndarray:
+    """Decode every image of RecordIO shards with DALI on the CPU; return the labels in record order."""
+    from nvidia.dali import fn, pipeline_def
+    from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+    @pipeline_def(batch_size=BATCH, num_threads=workers, device_id=None)
+    def pipe():
+        jpegs, labels = fn.readers.mxnet(path=[str(r) for r in recs], index_path=[str(r.with_suffix(".idx")) for r in recs],
+                                         random_shuffle=False, name="reader")
+        images = fn.resize(fn.decoders.image(jpegs, device="cpu"), size=[PROBE, PROBE])
+        return images, labels
+
+    it = DALIGenericIterator([pipe()], ["image", "label"], reader_name="reader", last_batch_policy=LastBatchPolicy.PARTIAL)
+    return np.concatenate([b[0]["label"].numpy().reshape(-1) for b in it] or [np.zeros(0)]).astype(np.int64)

@@ -1,0 +1,96 @@
+"""The paper's augmentation modes, as frozen data.
+
+This module is the only place where the FixRes pre-processing constants live
+(Touvron et al., "Fixing the train-test resolution discrepancy", NeurIPS 2019).
+Loaders, converters, analysis and adaptation read them from here; the
+mathematics that uses them lives in :mod:`fixres_fast.geometry`.
+
+Field names say what they are: ``resize_short`` is a length in pixels,
+``crop_fraction`` a fraction of a side, ``area_range`` a fraction of the image
+area (sigma^2 in the paper) and ``aspect_range`` a width/height ratio (alpha).
+No field is called a bare ``ratio``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: K_test^image / K_test for standard test DA: resize the short side to 256, crop 224 (Sec. 3.1).
+RESIZE_RATIO = 256 / 224
+#: Channel means and standard deviations of ImageNet, RGB, as fractions of 255.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Paper defaults (Sec. 3.1, Sec. 5 "Training protocol").
+AREA_RANGE = (0.08, 1.0)  # sigma^2 ~ U(area_range), fraction of the image area
+ASPECT_RANGE = (3 / 4, 4 / 3)  # ln(alpha) ~ U(ln lo, ln hi), width / height
+JITTER = 0.3  # brightness, contrast, saturation of train DA's colour jitter
+DA2_JITTER = 0.05  # the "mild" colour jitter of test DA2
+REPEATS = 3  # repeated augmentation (Sec. 5, [Hoffer et al.])
+
+
+@dataclass(frozen=True)
+class TrainDA:
+    """Train DA: RandomResizedCrop to ``k_train``, horizontal flip, optional colour jitter."""
+
+    k_train: int = 224
+    area_range: tuple[float, float] = AREA_RANGE
+    aspect_range: tuple[float, float] = ASPECT_RANGE
+    flip: bool = True
+    jitter: float = JITTER
+    max_attempts: int = 10  # torchvision's rejection loop before the centre-crop fallback
+
+    @property
+    def size(self) -> int:
+        return self.k_train
+
+
+@dataclass(frozen=True)
+class TestDA:
+    """Test DA: resize the short side to ``resize_short``, then centre crop ``k_test``.
+
+    Order is resize-then-crop (torchvision's), never crop-then-resize.
+    """
+
+    k_test: int = 224
+    resize_ratio: float = RESIZE_RATIO  # K_test^image / K_test
+
+    @property
+    def size(self) -> int:
+        return self.k_test
+
+    @property
+    def resize_short(self) -> int:
+        """K_test^image in pixels: round(K_test * resize_ratio)."""
+        return k_test_image(self.k_test, self.resize_ratio)
+
+
+@dataclass(frozen=True)
+class TestDA2(TestDA):
+    """Test DA2: test DA's resize, a centre crop shifted at random horizontally, flip, mild jitter.
+
+    The horizontal offset of the crop is uniform over every position the resized
+    image allows (from flush-left to flush-right); the crop stays vertically centred.
+    """
+
+    flip: bool = True
+    jitter: float = DA2_JITTER
+
+
+MODES = {"train": TrainDA, "test": TestDA, "test2": TestDA2}
+
+
+def k_test_image(k_test: int, resize_ratio: float = RESIZE_RATIO) -> int:
+    """Short side the image is resized to before the centre crop of ``k_test``."""
+    if k_test <= 0:
+        raise ValueError(f"test resolution must be a positive number of pixels, got {k_test}")
+    return int(round(k_test * resize_ratio))
+
+
+def make_spec(mode: str, res: int, **overrides):
+    """Build the spec for ``mode`` ('train', 'test' or 'test2') at resolution ``res``."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if res <= 0:
+        raise ValueError(f"resolution must be a positive number of pixels, got {res}")
+    cls = MODES[mode]
+    key = "k_train" if cls is TrainDA else "k_test"
+    return cls(**{key: res}, **overrides)

@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="fixres-fast",
+    version="0.1.0",
+    description="FixRes, fast: train at low resolution, adapt cheaply to the test resolution.",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["fixres_fast", "fixres_fast.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "numpy>=1.24",
+        "pillow>=10",
+        "click>=8.1",
+        "tqdm>=4.60",
+        "scipy>=1.10",
+        "ffcv>=1.0.2",
+        "nvidia-dali-cuda120>=2.0",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={"console_scripts": ["fixres-fast=fixres_fast.cli:main"]},
+)
