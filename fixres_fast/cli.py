@@ -133,5 +133,21 @@ def verify_cmd(out, workers):
     verify(out, workers=workers or os.cpu_count())
 
 
+@main.command()
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Where the sample data set and its records go.")
+@click.option("--workers", default=0, help="Processes [default: all cores].")
+@user_errors
+def demo(out, workers):
+    """Run the method end to end on a small data set of real photos that builds offline.
+
+    Today: build an ImageNet-shaped sample (real photos plus the bad files real data sets hold),
+    convert it to .beton and RecordIO, and read every record back through FFCV and DALI.
+    """
+    from .demo import demo as run
+
+    run(out, workers=workers)
+
+
 if __name__ == "__main__":
     main()

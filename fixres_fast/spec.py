@@ -25,6 +25,11 @@ ASPECT_RANGE = (3 / 4, 4 / 3)  # ln(alpha) ~ U(ln lo, ln hi), width / height
 JITTER = 0.3  # brightness, contrast, saturation of train DA's colour jitter
 DA2_JITTER = 0.05  # the "mild" colour jitter of test DA2
 REPEATS = 3  # repeated augmentation (Sec. 5, [Hoffer et al.])
+#: Samples per training epoch, as a fraction of the images in the split (RA draws this many / repeats
+#: distinct images, each `repeats` times). 1.0 is torchvision's RASampler; the paper's 5005 x 512 / B
+#: batches of B on ImageNet-1k is 2.0.
+EPOCH_FRACTION = 1.0
+DA2_SHIFT = 1.0  # test DA2: fraction of the horizontal slack the crop's left edge may use (1: flush-left..flush-right)
 
 
 @dataclass(frozen=True)
@@ -73,9 +78,18 @@ class TestDA2(TestDA):
 
     flip: bool = True
     jitter: float = DA2_JITTER
+    shift: float = DA2_SHIFT  # 0: centred crop; 1: left edge uniform over all positions the image allows
 
 
 MODES = {"train": TrainDA, "test": TestDA, "test2": TestDA2}
+
+
+def mode_of(spec) -> str:
+    """The mode name ('train', 'test' or 'test2') of a spec object."""
+    for name, cls in MODES.items():
+        if type(spec) is cls:
+            return name
+    raise ValueError(f"expected a TrainDA, TestDA or TestDA2 spec, got {type(spec).__name__}")
 
 
 def k_test_image(k_test: int, resize_ratio: float = RESIZE_RATIO) -> int:

@@ -32,7 +32,7 @@ from .beton import BetonWriter
 from .image import WRITE_MODES, prepare
 from .layout import Layout
 from .manifest import classes_doc, manifest_doc, summarise
-from .recordio import RecordIOWriter
+from .recordio import RecordIOWriter, write_dali_index
 
 LAYOUTS = ("imagenet", "inat", "herbarium", "folder")
 FORMATS = ("beton", "recordio")
@@ -147,10 +147,13 @@ def _start_or_resume(cfg: ConvertConfig, out: Path, log) -> dict:
         raise UserError(f"{out} holds a finished conversion made with other options; "
                         "pass --overwrite to replace it, or choose another OUT")
     if old or partials:
-        why = "--overwrite" if cfg.overwrite else "the options differ from the interrupted run's"
+        why = ("--overwrite" if cfg.overwrite else "the options differ from the interrupted run's" if old
+               else "the interrupted run left no progress record")
         log(f"restarting from scratch ({why}): removing earlier outputs in {out}")
     _clear_outputs(out)
-    return {"options": fingerprint, "splits": {}}
+    state = {"options": fingerprint, "splits": {}}
+    _write_json(out / STATE, state)
+    return state
 
 
 def _clear_outputs(out: Path) -> None:
@@ -188,7 +191,7 @@ def _convert_split(cfg: ConvertConfig, out: Path, name: str, split, pool, job, n
             if "resized" in res.fix and min(res.width, res.height) < need:
                 shrunk.append(need * max(res.width, res.height) / min(res.width, res.height))
         bar.close()
-        files = _finish_writers(outputs, out)
+        written = _finish_writers(outputs, out)
     except BaseException:
         bar.close()
         _abort_writers(outputs)
@@ -201,8 +204,8 @@ def _convert_split(cfg: ConvertConfig, out: Path, name: str, split, pool, job, n
         "reencoded": dict(fixes),
         "shrunk_below_test_res": len(shrunk),
         "max_side_for_test_res": int(max(shrunk)) + 1 if shrunk else None,
-        "files": files,
         "index": f"{name}.index.tsv",
+        **written,
     }
 
 
@@ -221,10 +224,12 @@ def _open_writers(cfg: ConvertConfig, out: Path, name: str, capacity: int) -> di
             outputs["shards"].append(RecordIOWriter(str(rec), str(idx)))
         # contiguous shards over the candidate list; skipped files only make a shard shorter
         outputs["shard_of"] = lambda j: j * n // max(capacity, 1)
+        outputs["dali_index"] = _partial(out, f"{name}.idx", outputs)
     return outputs
 
 
 def _partial(out: Path, final: str, outputs: dict) -> Path:
+    """Where ``final`` is written until the split is complete."""
     outputs["partials"].append(final)
     return out / (final + ".partial")
 
@@ -240,15 +245,21 @@ def _write_record(outputs: dict, res, item, position: int, per_class: list[int])
     per_class[item.label] += 1
 
 
-def _finish_writers(outputs: dict, out: Path) -> list[dict]:
+def _finish_writers(outputs: dict, out: Path) -> dict:
+    """Close, rename to final names, checksum. Returns the split's file list and what DALI reads."""
     for w in ([outputs["beton"]] if outputs["beton"] else []) + outputs["shards"]:
         w.close()
     outputs["index"].close()
+    dali = None
+    if outputs["shards"]:
+        used = write_dali_index(outputs["shards"], str(outputs["dali_index"]))
+        recs = [Path(outputs["shards"][i].rec.name).name.removesuffix(".partial") for i in used]
+        dali = {"rec": recs, "idx": outputs["dali_index"].name.removesuffix(".partial")}
     files = []
     for final in outputs["partials"]:
         os.replace(out / (final + ".partial"), out / final)
         files.append({"name": final, "bytes": (out / final).stat().st_size, "sha256": sha256(out / final)})
-    return files
+    return {"files": files, "recordio": dali}
 
 
 def _abort_writers(outputs: dict) -> None:

@@ -34,7 +34,8 @@ def manifest_doc(cfg, layout, splits: dict) -> dict:
         "formats": {
             "beton": {"ffcv_version": CURRENT_VERSION, "fields": BETON_FIELDS, "write_mode": cfg.write_mode},
             "recordio": {"format": "mxnet-recordio", "magic": hex(MAGIC), "image_header": IMAGE_HEADER.format,
-                         "label": "float32 class index; record key = record index"},
+                         "label": "float32 class index; record key = record index",
+                         "dali": "splits.NAME.recordio: readers.mxnet(path=rec, index_path=[idx])"},
         },
         "num_classes": len(layout.classes),
         "splits": splits,

@@ -4,6 +4,10 @@ Each record is ``magic, length`` (two little-endian uint32), then an image
 header ``flag, label, id, id2`` (uint32, float32, uint64, uint64) and the
 image bytes, padded to 4 bytes. The ``.idx`` file has one ``key<TAB>offset``
 line per record; it is written here directly, since MXNet's rec2idx needs MXNet.
+
+DALI reads several ``.rec`` files as one data set but takes a single index whose
+offsets run across the files concatenated in order (``dali_index``); each shard
+also gets its own MXNet-style ``.idx`` with offsets local to that file.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ class RecordIOWriter:
         self.idx = open(idx_path, "w")
         self.count = 0
         self._pos = 0
+        self.offsets: list[tuple[int, int]] = []  # (key, offset in this file)
 
     def write(self, data: bytes, label: int, key: int) -> None:
         payload = IMAGE_HEADER.pack(0, float(label), key, 0) + data
@@ -29,6 +34,7 @@ class RecordIOWriter:
             raise ValueError(f"record {key} is {len(payload)} bytes; RecordIO allows at most {MAX_RECORD}")
         pad = -len(payload) % 4
         self.idx.write(f"{key}\t{self._pos}\n")
+        self.offsets.append((key, self._pos))
         self.rec.write(RECORD_HEADER.pack(MAGIC, len(payload)) + payload + b"\0" * pad)
         self._pos += RECORD_HEADER.size + len(payload) + pad
         self.count += 1
@@ -42,6 +48,22 @@ class RecordIOWriter:
     def abort(self) -> None:
         self.rec.close()
         self.idx.close()
+
+
+def write_dali_index(shards: list[RecordIOWriter], path: str) -> list[int]:
+    """One index over the non-empty shards, in order; returns their positions in ``shards``.
+
+    DALI's reader walks the files by cumulative size and cannot step over an empty file,
+    so empty shards are left out of the list it is given.
+    """
+    used = [i for i, s in enumerate(shards) if s.count]
+    base = 0
+    with open(path, "w") as f:
+        for i in used:
+            for key, pos in shards[i].offsets:
+                f.write(f"{key}\t{base + pos}\n")
+            base += shards[i]._pos
+    return used
 
 
 def read_records(rec_path: str):

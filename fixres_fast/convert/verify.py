@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..compat import quiet_numba_finalizers
 from ..errors import UserError
 from .core import MANIFEST, sha256
 
@@ -40,9 +41,9 @@ def verify(out: str | Path, workers: int = 0, log=print) -> dict:
         if beton:
             _compare(name, "beton", read_beton_labels(out / beton[0], workers), labels)
             report[name]["beton"] = "ok"
-        recs = sorted(n for n in names if n.endswith(".rec"))
-        if recs:
-            got = read_recordio_labels([out / r for r in recs], workers)
+        if split.get("recordio"):
+            rio = split["recordio"]
+            got = read_recordio_labels([out / r for r in rio["rec"]], out / rio["idx"], workers)
             _compare(name, "recordio", got, labels)
             report[name]["recordio"] = "ok"
         log(f"{name}: {split['count']} records; " + ", ".join(f"{k} ok" for k in ("beton", "recordio") if k in report[name]))
@@ -77,21 +78,25 @@ def read_beton_labels(path: Path, workers: int) -> np.ndarray:
     from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
     from ffcv.loader import Loader, OrderOption
 
+    quiet_numba_finalizers()
     loader = Loader(str(path), batch_size=BATCH, num_workers=workers, order=OrderOption.SEQUENTIAL,
                     drop_last=False, pipelines={"image": [CenterCropRGBImageDecoder((PROBE, PROBE), 1.0)],
                                                 "label": [IntDecoder()]})
     return np.concatenate([np.asarray(lab).reshape(-1) for _, lab in loader] or [np.zeros(0)]).astype(np.int64)
 
 
-def read_recordio_labels(recs: list[Path], workers: int) -> np.ndarray:
-    """Decode every image of RecordIO shards with DALI on the CPU; return the labels in record order."""
+def read_recordio_labels(recs: list[Path], index: Path, workers: int) -> np.ndarray:
+    """Decode every image of RecordIO shards with DALI on the CPU; return the labels in record order.
+
+    ``index`` is the split's DALI index (offsets across all shards), see :func:`.recordio.write_dali_index`.
+    """
     from nvidia.dali import fn, pipeline_def
     from nvidia.dali.plugin.base_iterator import LastBatchPolicy
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
     @pipeline_def(batch_size=BATCH, num_threads=workers, device_id=None)
     def pipe():
-        jpegs, labels = fn.readers.mxnet(path=[str(r) for r in recs], index_path=[str(r.with_suffix(".idx")) for r in recs],
+        jpegs, labels = fn.readers.mxnet(path=[str(r) for r in recs], index_path=[str(index)],
                                          random_shuffle=False, name="reader")
         images = fn.resize(fn.decoders.image(jpegs, device="cpu"), size=[PROBE, PROBE])
         return images, labels
