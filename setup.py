@@ -16,9 +16,10 @@ setup(
         "click>=8.1",
         "tqdm>=4.60",
         "scipy>=1.10",
+        "matplotlib>=3.7",
         "ffcv>=1.0.2",
         "nvidia-dali-cuda120>=2.0",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"test": ["pytest>=8", "timm>=1.0"]},
     entry_points={"console_scripts": ["fixres-fast=fixres_fast.cli:main"]},
 )

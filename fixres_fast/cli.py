@@ -133,6 +133,66 @@ def verify_cmd(out, workers):
     verify(out, workers=workers or os.cpu_count())
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--data", required=True, type=click.Path(file_okay=False), help="A conversion's OUT folder (or an ImageFolder tree).")
+@click.option("--out", default="runs/train", type=click.Path(file_okay=False), help="Checkpoints (last.pt, best.pt) and metrics.jsonl.")
+@click.option("--arch", default="resnet50", help="Model name from torchvision, else timm.")
+@click.option("--res", default=224, help="K_train: the train resolution (train DA's RandomResizedCrop output).")
+@click.option("--gpus", default=1, help="Processes on this machine, one per GPU (gloo CPU processes with --device cpu); "
+              "runs the same command under torchrun. On several nodes, call torchrun yourself.")
+@click.option("--backend", type=click.Choice(["auto", "dali", "ffcv", "torch"]), default="auto",
+              help="Loader; auto: DALI on GPU, else FFCV, else torchvision.")
+@click.option("--device", default="auto", help="cuda, cpu or auto.")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto",
+              help="Mixed precision: auto = bf16 where the GPU supports it, fp16 uses a GradScaler.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--epochs", default=120, help="Paper: 120.")
+@click.option("--batch-size", default=512, help="B, over all processes (paper: 512).")
+@click.option("--lr", type=float, default=None, help="Learning rate [default: 0.1*B/256, the paper's rule].")
+@click.option("--momentum", default=0.9)
+@click.option("--weight-decay", default=1e-4)
+@click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", help="step: lr/10 every --step-epochs.")
+@click.option("--step-epochs", default=30)
+@click.option("--warmup-epochs", default=0.0, help="Linear warm-up from 0.")
+@click.option("--label-smoothing", default=0.0)
+@click.option("--no-bn-weight-decay", is_flag=True, help="No weight decay on BatchNorm parameters and biases.")
+@click.option("--repeats", default=3, help="Repeated augmentation: copies of each image per epoch (paper: 3).")
+@click.option("--aug", type=click.Choice(["train", "test", "test2"]), default="train", help="Train DA (paper), or test DA / DA2.")
+@click.option("--eval-res", default="", help="Further test resolutions to evaluate after each epoch, e.g. 224,288.")
+@click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt.")
+@click.option("--seed", default=0)
+@click.option("--workers", default=0, help="Loader workers [default: all cores].")
+@user_errors
+def train(gpus, compile_, eval_res, **opts):
+    """Train a classifier at K_train with the paper's recipe (SGD, lr 0.1*B/256 divided by 10 every
+    30 epochs, 120 epochs, repeated augmentation x3, train DA), channels-last and mixed precision.
+
+    Training at a low resolution is cheaper; `fixres-fast adapt` then fixes the model for a higher
+    test resolution. After each epoch the model is evaluated at K_train (and --eval-res).
+    """
+    import dataclasses
+    import sys
+
+    from .distributed import relaunch_under_torchrun
+    from .spec import Recipe
+    from .train import TrainConfig
+    from .train import train as run
+
+    if gpus > 1 and "WORLD_SIZE" not in os.environ:
+        args = sys.argv[1:]
+        i = next(k for k, a in enumerate(args) if a == "--gpus" or a.startswith("--gpus="))
+        relaunch_under_torchrun(gpus, args[:i] + args[i + (1 if "=" in args[i] else 2):])
+    recipe = Recipe(**{f.name: opts.pop(f.name) for f in dataclasses.fields(Recipe)})
+    run(TrainConfig(recipe=recipe, compile=compile_, eval_res=_ints(eval_res), **opts))
+
+
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
               help="Where the sample data set and its records go.")
@@ -147,6 +207,92 @@ def demo(out, workers):
     from .demo import demo as run
 
     run(out, workers=workers)
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--arch", default="resnet50", help="Model name from torchvision, else timm (randomly initialised).")
+@click.option("--res", default="64,128,160,224,288,384,448", help="Resolutions K to profile, comma-separated.")
+@click.option("--batch-size", default=32, help="Images per batch (Table 7 trains with 32).")
+@click.option("--device", default="auto", help="cuda, cpu, or auto (cuda when available).")
+@click.option("--amp", default="off", help="Mixed precision: bf16, fp16 or off.")
+@click.option("--channels-last", is_flag=True, help="Model and inputs in channels-last memory.")
+@click.option("--warmup", default=3, help="Untimed iterations per phase and resolution.")
+@click.option("--repeats", default=10, help="Timed iterations per phase and resolution; the median is kept.")
+@click.option("--out", default="runs/profile", type=click.Path(file_okay=False),
+              help="Where profile.csv, profile.json and profile.png go.")
+@user_errors
+def profile(res, out, **opts):
+    """Cost against resolution K: train forward and backward, inference, and one adaptation step
+    (last BN + classifier, the trunk frozen), per batch of random K x K inputs; peak memory on GPU.
+
+    Prints the times beside the paper's Table 7 ratios and fits b in cost ~ K^b (about 2).
+    """
+    from .profile import ProfileConfig, parse_resolutions, report_lines, write_profile
+    from .profile import profile as run
+
+    result = run(ProfileConfig(resolutions=parse_resolutions(res), **opts), log=click.echo)
+    click.echo("\n".join(report_lines(result)))
+    paths = write_profile(result, out)
+    click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+@main.group()
+def analyze():
+    """The paper's analyses, regenerated from our own samplers (Sec. 3)."""
+
+
+@analyze.command("scale")
+@click.option("--k-train", default=224, show_default=True, help="K_train: the train resolution.")
+@click.option("--k-test", default=224, show_default=True, help="K_test: the test crop.")
+@click.option("--resize-ratio", default="256/224", show_default=True,
+              help="K_test^image / K_test: test DA resizes the short side to K_test times this.")
+@click.option("--scale", "area_range", nargs=2, type=float, default=None,
+              help="sigma^2 range: RoC area as a fraction of the image [default: 0.08 1, the paper's].")
+@click.option("--aspect", "aspect_range", nargs=2, type=float, default=None,
+              help="Aspect (width/height) range of the 'as trained' draws [default: 0.75 1.3333].")
+@click.option("--image-size", nargs=2, type=int, default=None,
+              help="HEIGHT WIDTH of the image the Monte Carlo crops [default: 500 500].")
+@click.option("--sampler", "samplers", multiple=True,
+              help="geometry (FFCV; torch on GPU), torchvision (torch on CPU) or dali; repeatable [default: geometry].")
+@click.option("--samples", default=100_000, show_default=True, help="Monte Carlo draws per sampler and setting.")
+@click.option("--seed", default=0, show_default=True)
+@user_errors
+def scale(resize_ratio, **opts):
+    """Apparent object size at test vs train time (Eq. 1-5): F, E[r_test/r_train], alpha and the
+    K_test that equalises it, beside a Monte Carlo estimate from the loaders' RoC samplers."""
+    from .analysis.scale import ScaleConfig, analyze_scale, parse_ratio, report_lines
+
+    given = {k: v for k, v in opts.items() if v not in (None, ())}
+    report = analyze_scale(ScaleConfig(resize_ratio=parse_ratio(resize_ratio), **given))
+    click.echo("\n".join(report_lines(report)))
+
+
+@analyze.command("roc")
+@click.option("--data", required=True, type=click.Path(file_okay=False), help="A conversion's OUT folder (or an ImageFolder tree).")
+@click.option("--backend", default="ffcv", show_default=True, help="Whose train RoC sampler: ffcv, torch or dali.")
+@click.option("--split", default="train", show_default=True)
+@click.option("--k-train", default=224, show_default=True, help="K_train: the train resolution.")
+@click.option("--k-test", default=224, show_default=True, help="K_test: the test crop.")
+@click.option("--resize-ratio", default="256/224", show_default=True, help="K_test^image / K_test.")
+@click.option("--scale", "area_range", nargs=2, type=float, default=None,
+              help="sigma^2 range: RoC area as a fraction of the image [default: 0.08 1, the paper's].")
+@click.option("--draws", default=10, show_default=True, help="Train RoCs drawn per image.")
+@click.option("--limit", default=10_000, show_default=True, help="Read the sizes of at most this many images; 0: all.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", default="runs/roc", show_default=True, type=click.Path(file_okay=False),
+              help="Where roc.csv and roc.png go.")
+@user_errors
+def roc(resize_ratio, out, **opts):
+    """The RoC's area as a fraction of the image at train and at test time (the paper's Fig. 2),
+    from the split's real image sizes and the backend's RoC sampler."""
+    from .analysis.roc import RocConfig, report_lines, roc_areas, write_roc
+    from .analysis.scale import parse_ratio
+
+    given = {k: v for k, v in opts.items() if v is not None}
+    result = roc_areas(RocConfig(resize_ratio=parse_ratio(resize_ratio), **given))
+    click.echo("\n".join(report_lines(result)))
+    paths = write_roc(result, out)
+    click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import UserError  # a ValueError
+
 #: K_test^image / K_test for standard test DA: resize the short side to 256, crop 224 (Sec. 3.1).
 RESIZE_RATIO = 256 / 224
 #: Channel means and standard deviations of ImageNet, RGB, as fractions of 255.
@@ -102,9 +104,39 @@ def k_test_image(k_test: int, resize_ratio: float = RESIZE_RATIO) -> int:
 def make_spec(mode: str, res: int, **overrides):
     """Build the spec for ``mode`` ('train', 'test' or 'test2') at resolution ``res``."""
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        raise UserError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if res <= 0:
         raise ValueError(f"resolution must be a positive number of pixels, got {res}")
     cls = MODES[mode]
     key = "k_train" if cls is TrainDA else "k_test"
     return cls(**{key: res}, **overrides)
+
+
+# --- The training and fine-tuning recipes (Sec. 5, "Training protocol") -----------------------------
+
+#: Reference batch of the learning-rate rules: lr = BASE_LR * B / LR_BATCH (Goyal et al.).
+BASE_LR, LR_BATCH = 0.1, 256
+#: Fine-tuning at the test resolution: "the initial learning rate is 0.008 same decay, B = 512, 60 epochs".
+FINETUNE_LR, FINETUNE_LR_BATCH, FINETUNE_EPOCHS = 0.008, 512, 60
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The optimisation recipe. Defaults are the paper's ResNet-50 training: SGD, momentum 0.9,
+    weight decay 1e-4, lr 0.1*B/256 divided by 10 every 30 epochs, 120 epochs, B = 512, RA with 3 repeats."""
+
+    epochs: int = 120
+    batch_size: int = 512  # B, over all processes
+    lr: float | None = None  # None: BASE_LR * batch_size / LR_BATCH
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "step"  # 'step' (x0.1 every step_epochs) or 'cosine'
+    step_epochs: int = 30
+    warmup_epochs: float = 0.0  # linear warm-up from 0
+    label_smoothing: float = 0.0
+    no_bn_weight_decay: bool = False  # no weight decay on BatchNorm parameters and biases
+    repeats: int = REPEATS
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else BASE_LR * self.batch_size / LR_BATCH

@@ -21,3 +21,13 @@ def imagenet_records(tmp_path_factory):
     manifest = convert(ConvertConfig(layout="imagenet", src=str(root / "src"), out=str(out), shards=2, workers=2),
                        log=lambda *_: None)
     return {"src": root / "src", "out": out, "manifest": manifest, "expected": expected}
+
+
+@pytest.fixture(scope="session")
+def ramp_records(tmp_path_factory):
+    """Coordinate-ramp JPEGs of several shapes (imagesets.RAMP_SHAPES), converted: OUT with both formats."""
+    root = tmp_path_factory.mktemp("ramps")
+    imagesets.ramp_tree(root / "src")
+    out = root / "out"
+    convert(ConvertConfig(layout="folder", src=str(root / "src"), out=str(out), shards=2, workers=1), log=lambda *_: None)
+    return out

@@ -1,0 +1,105 @@
+"""What every backend shares: the loader options, the batch contract and the epoch bookkeeping.
+
+The batch contract: ``(images, labels)`` with ``images`` float32 of shape (N, 3, K, K) in
+``torch.channels_last`` memory, normalised with ImageNet's mean and std, on the loader's device,
+and ``labels`` int64 of shape (N,) on the same device. Backends hand over uint8 NHWC pixels;
+:func:`to_batch` views them as NCHW channels_last (no copy) and normalises on the device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..spec import EPOCH_FRACTION, IMAGENET_MEAN, IMAGENET_STD, TrainDA
+from .sampler import RASampler
+
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    batch_size: int = 64
+    device: str = "cpu"  # 'cpu' or 'cuda' ('cuda:N' and DALI's 'gpu' are accepted)
+    rank: int = 0
+    world_size: int = 1
+    repeats: int = 1  # RA: copies of each drawn image per epoch (paper: spec.REPEATS)
+    epoch_fraction: float = EPOCH_FRACTION  # training samples per epoch / images in the split
+    seed: int = 0
+    workers: int = 0  # decoding threads or processes; 0: all cores
+    training: bool | None = None  # shuffle + RA + drop last partial batch; None: only for train DA
+
+    def is_training(self, spec) -> bool:
+        return isinstance(spec, TrainDA) if self.training is None else self.training
+
+
+def resolve_device(device: str) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or 'gpu' as a torch device; a clear error for anything else."""
+    name = "cuda" if device == "gpu" else str(device)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in DEVICES:
+        raise UserError(f"unknown device {device!r}; choose one of cpu, cuda (or cuda:N, gpu)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device!r} asked for, but torch sees no CUDA GPU; use device='cpu'")
+        dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
+    return dev
+
+
+def workers(config: LoaderConfig) -> int:
+    import os
+
+    return config.workers or len(os.sched_getaffinity(0))
+
+
+_NORM: dict = {}
+
+
+def to_batch(nhwc: torch.Tensor, labels, device: torch.device):
+    """uint8 (N, K, K, 3) pixels -> the batch contract (float NCHW channels_last, normalised; int64 labels)."""
+    key = (device.type, device.index)
+    if key not in _NORM:
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+        _NORM[key] = (mean, 1 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255))
+    mean, inv_std = _NORM[key]
+    x = nhwc.to(device, non_blocking=True).permute(0, 3, 1, 2).float()  # NHWC memory is NCHW channels_last
+    labels = torch.as_tensor(labels).reshape(-1).to(device=device, dtype=torch.int64, non_blocking=True)
+    return x.sub_(mean).mul_(inv_std), labels
+
+
+class BatchLoader:
+    """Epoch bookkeeping shared by the backends: the sampler, ``len`` in batches and ``set_epoch``."""
+
+    def __init__(self, spec, source, config: LoaderConfig):
+        self.spec, self.source, self.config = spec, source, config
+        self.device = resolve_device(config.device)
+        self.training = config.is_training(spec)
+        if config.batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {config.batch_size}")
+        self.sampler = RASampler(len(source), config.world_size, config.rank, config.repeats,
+                                 shuffle=self.training, seed=config.seed, epoch_fraction=config.epoch_fraction)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle: the next iteration reads epoch ``epoch``'s order (the same on every rank)."""
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n, bs = len(self.sampler), self.config.batch_size
+        return n // bs if self.training else -(-n // bs)
+
+    def epoch_indices(self) -> np.ndarray:
+        """This rank's record indices for the current epoch, cut to whole batches when training."""
+        idx = self.sampler.indices(self.epoch)
+        return idx[: len(self) * self.config.batch_size] if self.training else idx
+
+    def batches(self):
+        """The current epoch's record indices, one array per batch."""
+        idx, bs = self.epoch_indices(), self.config.batch_size
+        return [idx[s:s + bs] for s in range(0, len(idx), bs)]

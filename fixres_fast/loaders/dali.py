@@ -1,0 +1,143 @@
+"""DALI backend: one graph per mode, run on the GPU (mixed nvJPEG decoder) or on the CPU (device_id=None).
+
+The encoded images come in through ``fn.external_source`` from :class:`~.source.Records`
+(bytes straight out of the RecordIO shards at their ``.idx`` offsets) or :class:`~.source.Folder`
+(the files), in the order of :class:`~.sampler.RASampler`, so sharding and repeated augmentation
+follow the same law as the other backends and evaluation epochs end exactly, the last batch short.
+
+* train DA: the RoC drawn by :func:`fixres_fast.geometry.random_resized_crop` in the feed (see
+  :func:`roc_boxes`), decoded with the fused ROI decoder ``decoders.image_slice``, resized to
+  K_train, colour twist, random mirror.
+* test DA / test DA2: full decode, resize the short side to K_test^image, crop K_test at
+  ``crop_pos_x`` 0.5 (test DA) or ``U(da2_position_range(shift))`` (test DA2), mirror, twist.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import math as dmath
+from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+from .. import geometry
+from ..spec import TestDA2, TrainDA
+from .common import BatchLoader, LoaderConfig, to_batch, workers
+
+
+class _Feed:
+    """The external source: each iteration of it is one epoch of (encoded images, labels) batches."""
+
+    def __init__(self, owner: BatchLoader):
+        self.owner, self.fed = owner, []
+
+    def __iter__(self):
+        self.fed = []
+        source, spec = self.owner.source, self.owner.spec
+        for idx in self.owner.batches():
+            self.fed.append(idx)
+            jpegs = [source.read(int(i)) for i in idx]
+            boxes = roc_boxes(jpegs, spec) if isinstance(spec, TrainDA) else np.zeros((len(idx), 4), np.float32)
+            yield jpegs, source.labels[idx].astype(np.int32).reshape(-1, 1), boxes[:, :2].copy(), boxes[:, 2:].copy()
+
+
+def roc_boxes(jpegs, spec) -> np.ndarray:
+    """Train DA's RoC per image as (x, y, w, h), drawn by geometry's law from the JPEG header's size.
+
+    DALI's own generator (``decoders.image_random_crop``) falls back far more often than
+    torchvision on elongated images (a 4:1 image: KS p ~ 1e-7), so the RoC is drawn here and
+    decoded with the fused ROI decoder ``decoders.image_slice``.
+    """
+    from PIL import Image
+
+    boxes = np.empty((len(jpegs), 4), np.float32)
+    for b, data in enumerate(jpegs):
+        try:
+            width, height = Image.open(io.BytesIO(data)).size
+        except Exception:  # not an image: decode it whole, so DALI reports the record
+            boxes[b] = (0, 0, 0, 0)
+            continue
+        top, left, h, w = geometry.random_resized_crop(height, width, *spec.area_range, *spec.aspect_range, spec.max_attempts)
+        boxes[b] = (left, top, w, h)
+    return boxes
+
+
+def decode_and_crop(jpegs, anchor, shape, spec, decoder: str):
+    """The mode's decode + geometry: HWC uint8 images, not yet mirrored or jittered."""
+    if isinstance(spec, TrainDA):
+        images = fn.decoders.image_slice(jpegs, anchor, shape, device=decoder, output_type=types.RGB, axis_names="WH",
+                                         normalized_anchor=False, normalized_shape=False)
+        return fn.resize(images, size=[spec.k_train, spec.k_train], antialias=True, interp_type=types.INTERP_LINEAR), {}
+    shape = fn.peek_image_shape(jpegs, dtype=types.INT64)
+    height, width, short = shape[0], shape[1], spec.resize_short
+    rh, rw = dmath.max(short, short * height // width), dmath.max(short, short * width // height)  # geometry.resized_size
+    images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
+    images = fn.resize(images, resize_x=fn.cast(rw, dtype=types.FLOAT), resize_y=fn.cast(rh, dtype=types.FLOAT),
+                       antialias=True, interp_type=types.INTERP_LINEAR)
+    k = spec.k_test
+    if isinstance(spec, TestDA2):
+        position_x = fn.random.uniform(range=list(geometry.da2_position_range(spec.shift)))
+    else:
+        position_x = _centre_position(rw - k)
+    return images, {"crop": (k, k), "crop_pos_x": position_x, "crop_pos_y": _centre_position(rh - k)}
+
+
+def _centre_position(slack):
+    """crop_pos for geometry.centre_left: torchvision rounds half to even; +0.25 makes DALI's rounding land there."""
+    half = slack // 2
+    left = half + (slack % 2) * (half % 2)
+    return (left + 0.25) / dmath.max(slack, 1)
+
+
+@pipeline_def
+def fixres_pipeline(feed, spec, decoder: str):
+    jpegs, labels, anchor, shape = fn.external_source(source=feed, num_outputs=4, batch=True, cycle="raise",
+                                                      dtype=[types.UINT8, types.INT32, types.FLOAT, types.FLOAT])
+    images, crop = decode_and_crop(jpegs, anchor, shape, spec, decoder)
+    j = getattr(spec, "jitter", 0.0)
+    if j:
+        factor = dict(range=[max(0.0, 1 - j), 1 + j])
+        images = fn.color_twist(images, brightness=fn.random.uniform(**factor), contrast=fn.random.uniform(**factor),
+                                saturation=fn.random.uniform(**factor))
+    mirror = fn.random.coin_flip(probability=0.5) if getattr(spec, "flip", False) else 0
+    images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="HWC", mirror=mirror, **crop)
+    if decoder == "mixed":
+        labels = labels.gpu()
+    return images, labels
+
+
+class DALILoader(BatchLoader):
+    def __init__(self, spec, source, config: LoaderConfig):
+        super().__init__(spec, source, config)
+        cuda = self.device.type == "cuda"
+        self.feed = _Feed(self)
+        geometry.seed(config.seed * 1009 + config.rank)
+        seed = int(np.random.SeedSequence([config.seed, config.rank]).generate_state(1)[0] >> 1)
+        self.pipe = fixres_pipeline(self.feed, spec, "mixed" if cuda else "cpu", batch_size=config.batch_size,
+                                    num_threads=workers(config), device_id=self.device.index if cuda else None,
+                                    seed=seed, prefetch_queue_depth=2)
+        self.iterator = None
+
+    def __iter__(self):
+        if self.iterator is None:
+            self.iterator = DALIGenericIterator([self.pipe], ["image", "label"], auto_reset=False,
+                                                last_batch_policy=LastBatchPolicy.PARTIAL)
+        else:
+            self.iterator.reset()
+        yielded = 0
+        while True:
+            try:
+                out = next(self.iterator)[0]
+            except StopIteration:
+                return
+            except Exception:
+                self.source.check(np.concatenate(self.feed.fed[yielded:] or [np.zeros(0, np.int64)]))
+                raise
+            yielded += 1
+            yield to_batch(out["image"], out["label"], self.device)
+
+
+def build_dali_loader(spec, source, config: LoaderConfig) -> DALILoader:
+    """DALI loader fed by the RA sampler; ``config.device='cuda'`` runs the graph on the GPU."""
+    return DALILoader(spec, source, config)

@@ -1,0 +1,152 @@
+"""FFCV backend: the ``.beton``, decoded by one numba-compiled decoder that fuses every mode.
+
+:class:`FixResDecoder` decodes a record with FFCV's libjpeg-turbo call, takes its crop box from
+:mod:`fixres_fast.geometry` (train DA's RoC law; test DA's and test DA2's resize-then-crop
+window of the resized image), resamples with PIL's antialiased bilinear filter (the
+reference's), then flips and jitters in place (:mod:`.kernels`). FFCV's own decoders ignore libjpeg's return code and would hand
+over a stale buffer for a damaged record; this one writes :data:`SENTINEL` instead, and the
+loader reports that record by index and source file. The order is a ``TraversalOrder`` that
+reads :class:`~fixres_fast.loaders.sampler.RASampler`, so sharding and RA follow the common law.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
+from ffcv.libffcv import imdecode
+from ffcv.loader import Loader
+from ffcv.pipeline.compiler import Compiler
+from ffcv.transforms import ToDevice, ToTensor
+from ffcv.traversal_order.base import TraversalOrder
+
+from .. import geometry
+from ..errors import UserError
+from ..spec import TestDA2, TrainDA
+from . import kernels
+from .common import BatchLoader, LoaderConfig, to_batch, workers
+from .source import RecordError
+
+#: Written over the first 8 pixels of the first row of a record libjpeg-turbo could not decode.
+SENTINEL = ((np.arange(24) * 37 + 11) % 256).astype(np.uint8).reshape(8, 3)
+
+
+def box_function(spec):
+    """A compiled ``box(height, width)`` -> the region to resample and how (see :func:`.kernels.resample`).
+
+    Train DA: the RoC, resized to K x K. Test DA / DA2: the whole image, resized so its short
+    side is K_test^image, of which the K_test window at the centre (DA2: shifted) is computed.
+    """
+    k = spec.size
+    if isinstance(spec, TrainDA):
+        (a_lo, a_hi), (r_lo, r_hi), n = spec.area_range, spec.aspect_range, spec.max_attempts
+        rrc = geometry.random_resized_crop
+
+        def box(height, width):
+            top, left, h, w = rrc(height, width, a_lo, a_hi, r_lo, r_hi, n)
+            return top, left, h, w, h / k, w / k, 0, 0
+    else:
+        short = spec.resize_short
+        lo, hi = geometry.da2_position_range(spec.shift) if isinstance(spec, TestDA2) else (0.5, 0.5)
+        resized_size, centre_left, da2_left = geometry.resized_size, geometry.centre_left, geometry.da2_left
+
+        def box(height, width):
+            rh, rw = resized_size(height, width, short)
+            position = np.random.uniform(lo, hi)
+            return 0, 0, height, width, height / rh, width / rw, centre_left(rh, k), da2_left(rw - k, position)
+    return Compiler.compile(box)
+
+
+class FixResDecoder(ResizedCropRGBImageDecoder):
+    """Decode + crop + resize (+ flip, + jitter) for train DA, test DA and test DA2."""
+
+    get_crop_generator = None  # the crop comes from box_function
+
+    def __init__(self, spec):
+        super().__init__((spec.size, spec.size))
+        self.spec = spec
+
+    def generate_code(self):
+        mem_read, my_range = self.memory_read, Compiler.get_iterator()
+        imdecode_c = Compiler.compile(imdecode)
+        resample, flip_in_place, colour_jitter = kernels.resample, kernels.flip_in_place, kernels.colour_jitter
+        box = box_function(self.spec)
+        flip, jitter, sentinel = bool(getattr(self.spec, "flip", False)), float(getattr(self.spec, "jitter", 0.0)), SENTINEL
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, temp_storage = my_storage
+            for dst_ix in my_range(len(batch_indices)):
+                field = metadata[batch_indices[dst_ix]]
+                image_data = mem_read(field['data_ptr'], storage_state)
+                height, width = np.uint32(field['height']), np.uint32(field['width'])
+                status = 0
+                if field['mode'] == 0:  # jpg
+                    temp_buffer = temp_storage[dst_ix]
+                    status = imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1, False, False)
+                    temp_buffer = temp_buffer.reshape(-1)[:3 * height * width].reshape(height, width, 3)
+                else:
+                    temp_buffer = image_data.reshape(height, width, 3)
+                out = destination[dst_ix]
+                if status != 0:
+                    out[:] = 0
+                    out[0, :8] = sentinel
+                else:
+                    top, left, h, w, scale_y, scale_x, off_y, off_x = box(np.int64(height), np.int64(width))
+                    resample(temp_buffer, top, left, h, w, scale_y, scale_x, off_y, off_x, out)
+                    if flip and np.random.random() < 0.5:
+                        flip_in_place(out)
+                    if jitter > 0:
+                        colour_jitter(out, jitter)
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
+class SamplerOrder(TraversalOrder):
+    """FFCV traversal order = the owner's RASampler epoch (FFCV calls the instance with its Loader)."""
+
+    def __init__(self, owner: BatchLoader):
+        self.owner = owner
+
+    def __call__(self, loader):
+        return self
+
+    def sample_order(self, epoch):
+        return self.owner.epoch_indices().astype(np.uint64)
+
+
+class FFCVLoader(BatchLoader):
+    def __init__(self, spec, source, config: LoaderConfig):
+        super().__init__(spec, source, config)
+        if source.beton is None:
+            raise UserError(f"the ffcv backend reads {source.split}.beton, which {source.root} lacks; "
+                            "convert with --format beton, or use the dali or torch backend")
+        image = [FixResDecoder(spec), ToTensor()]
+        label = [IntDecoder(), ToTensor()]
+        if self.device.type == "cuda":
+            image.append(ToDevice(self.device, non_blocking=True))
+            label.append(ToDevice(self.device, non_blocking=True))
+        self.loader = Loader(str(source.beton), batch_size=config.batch_size, num_workers=workers(config),
+                             order=SamplerOrder(self), drop_last=self.training, batches_ahead=2,
+                             pipelines={"image": image, "label": label})
+        if self.loader.reader.num_samples != len(source):
+            raise UserError(f"{source.beton} holds {self.loader.reader.num_samples} records but "
+                            f"{source.split}.index.tsv lists {len(source)}: the conversion is incomplete; re-run it")
+        self._sentinel = torch.from_numpy(SENTINEL).to(self.device)
+
+    def __iter__(self):
+        batches = self.batches()
+        for b, (pixels, labels) in enumerate(self.loader):
+            bad = (pixels[:, 0, :8] == self._sentinel).flatten(1).all(1)
+            if bool(bad.any()):
+                idx = batches[b][bad.cpu().numpy()]
+                self.source.check(idx)
+                raise RecordError(f"{self.source.describe(int(idx[0]))}: FFCV's libjpeg-turbo cannot decode it "
+                                  "(PIL can); re-encode that image, or use the dali or torch backend")
+            yield to_batch(pixels, labels, self.device)
+
+
+def build_ffcv_loader(spec, source, config: LoaderConfig) -> FFCVLoader:
+    """FFCV loader over ``source.beton``; on CUDA, uint8 crops travel to the device and are normalised there."""
+    return FFCVLoader(spec, source, config)

@@ -1,0 +1,282 @@
+"""Training at K_train: channels-last, mixed precision, the paper's recipe, torch.distributed.
+
+One process per device. ``train(cfg)`` joins the process group torchrun set up (if any), builds
+the model and the loaders, and runs the epochs; after each it evaluates at the train resolution
+(and at ``eval_res``), appends a line to ``metrics.jsonl`` and writes ``last.pt`` (and ``best.pt``)
+atomically. SIGTERM or Ctrl-C writes a resumable checkpoint; ``resume=True`` continues from it
+exactly; a non-finite loss stops the run and leaves the last good checkpoint untouched.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import __version__, checkpoint
+from .data import backend_for, dataset_info
+from .distributed import Dist, all_sum, barrier, setup, teardown
+from .errors import UserError
+from .evaluate import evaluate_loader
+from .models import build_model
+from .spec import IMAGENET_MEAN, IMAGENET_STD, Recipe, TestDA, make_spec
+
+AMP = ("auto", "bf16", "fp16", "off")
+CHECK_EVERY = 20  # steps between checks of the loss and of stop requests (each costs a device sync)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str  # a conversion's OUT folder (or an ImageFolder tree)
+    out: str = "runs/train"
+    arch: str = "resnet50"
+    res: int = 224  # K_train
+    recipe: Recipe = field(default_factory=Recipe)
+    aug: str = "train"  # train DA (paper); 'test' or 'test2' for ablations
+    backend: str = "auto"  # dali | ffcv | torch | auto
+    device: str = "auto"  # cuda | cpu | auto
+    amp: str = "auto"  # bf16 where supported, fp16 (GradScaler), off
+    compile: bool = False
+    eval_res: tuple[int, ...] = ()  # further test resolutions evaluated after each epoch
+    resume: bool = False
+    seed: int = 0
+    workers: int = 0
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp not in AMP:
+        raise UserError(f"unknown --amp {amp!r}; choose one of {', '.join(AMP)}")
+    if amp == "auto":
+        ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if ok else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def lr_at(recipe: Recipe, epoch: float) -> float:
+    """Learning rate at a fractional epoch: warm-up, then step (x0.1 every step_epochs) or cosine."""
+    base = recipe.base_lr
+    if epoch < recipe.warmup_epochs:
+        return base * epoch / recipe.warmup_epochs
+    if recipe.schedule == "cosine":
+        return 0.5 * base * (1 + math.cos(math.pi * min(epoch / recipe.epochs, 1.0)))
+    return base * 0.1 ** int(epoch // recipe.step_epochs)
+
+
+def param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
+    if not recipe.no_bn_weight_decay:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": recipe.weight_decay}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_step(model, images, labels, optimizer, criterion, dtype, scaler=None) -> torch.Tensor:
+    """One optimisation step: forward and loss under autocast, one backward, exactly one optimizer step."""
+    with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        loss = criterion(model(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss.detach()
+
+
+class _StopRequest:
+    """Turns SIGTERM / SIGINT into a flag the loop checks, so a resumable checkpoint gets written."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {s: signal.signal(s, self._set) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _set(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _device(cfg: TrainConfig) -> str:
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+    return cfg.device
+
+
+def _check(cfg: TrainConfig, d: Dist) -> None:
+    r = cfg.recipe
+    if cfg.res <= 0 or any(x <= 0 for x in cfg.eval_res):
+        raise UserError(f"resolutions must be positive numbers of pixels, got --res {cfg.res} --eval-res {cfg.eval_res}")
+    if r.batch_size % d.world_size:
+        raise UserError(f"--batch-size {r.batch_size} (over all processes) must divide by the {d.world_size} processes")
+    if r.schedule not in ("step", "cosine"):
+        raise UserError(f"unknown --schedule {r.schedule!r}; choose step or cosine")
+
+
+def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict) -> dict:
+    """What a checkpoint says about itself (cf. timm's pretrained cfg: input_size, test_input_size)."""
+    return {
+        "arch": cfg.arch, "num_classes": len(classes), "classes": classes,
+        "train_res": cfg.res, "test_res": cfg.res,
+        "preprocessing": {"train": {"mode": cfg.aug, **asdict(make_spec(cfg.aug, cfg.res))},
+                          "test": {"mode": "test", **asdict(TestDA(k_test=cfg.res))},
+                          "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+        "recipe": asdict(cfg.recipe), "epoch": epoch, "results": results,
+        "git": checkpoint.git_revision(), "fixres_fast": __version__,
+    }
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Train; returns the last epoch's metrics. Run as is, or under torchrun for several processes."""
+    d = setup(_device(cfg))
+    try:
+        return _train(cfg, d, log if d.main else (lambda *_: None))
+    finally:
+        teardown()
+
+
+def _train(cfg: TrainConfig, d: Dist, log) -> dict:
+    _check(cfg, d)
+    num_classes, classes = dataset_info(cfg.data)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.arch, num_classes).to(d.device, memory_format=torch.channels_last)
+    r = cfg.recipe
+    optimizer = torch.optim.SGD(param_groups(model, r), lr=r.base_lr, momentum=r.momentum)
+    dtype = amp_dtype(cfg.amp, d.device)
+    scaler = torch.amp.GradScaler(d.device.type) if dtype == torch.float16 else None
+    state = {"epoch": 0, "step": 0, "best_top1": -1.0}
+    if cfg.resume:
+        state = _resume(out / "last.pt", model, optimizer, scaler, num_classes, cfg, log)
+    net = model
+    if d.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    loaders = _loaders(cfg, d)
+    criterion = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
+    stop = _StopRequest()
+    results = {}
+    try:
+        for epoch in range(state["epoch"], r.epochs):
+            done = _epoch(net, loaders["train"], optimizer, criterion, dtype, scaler, cfg, d, epoch, state, stop, out, classes, log)
+            if not done:
+                return {"interrupted": True, "epoch": epoch, "step": state["step"]}
+            results = _evaluate_all(net, loaders, d, dtype, cfg)
+            results.update(epoch=epoch, lr=lr_at(r, epoch), train_loss=done["loss"], train_img_s=done["img_s"])
+            _end_of_epoch(model, optimizer, scaler, cfg, classes, epoch, results, state, out, d, log)
+    finally:
+        stop.restore()
+    return results
+
+
+def _loaders(cfg: TrainConfig, d: Dist) -> dict:
+    from .loaders import LoaderConfig, make_loader
+
+    backend = backend_for(cfg.backend, d.device)
+    per_proc = cfg.recipe.batch_size // d.world_size
+    common = LoaderConfig(batch_size=per_proc, device=str(d.device), rank=d.rank, world_size=d.world_size,
+                          seed=cfg.seed, workers=cfg.workers)
+    loaders = {"train": make_loader(backend, make_spec(cfg.aug, cfg.res), cfg.data, "train",
+                                    replace(common, repeats=cfg.recipe.repeats, training=True))}
+    for res in dict.fromkeys((cfg.res, *cfg.eval_res)):
+        loaders[res] = make_loader(backend, TestDA(k_test=res), cfg.data, "val", replace(common, training=False))
+    return loaders
+
+
+def _epoch(net, loader, optimizer, criterion, dtype, scaler, cfg, d, epoch, state, stop, out, classes, log):
+    """Train one epoch; returns {'loss', 'img_s'}, or None when a stop was requested (checkpoint written)."""
+    loader.set_epoch(epoch)
+    torch.manual_seed(cfg.seed * 100003 + epoch * 1009 + d.rank)  # augmentations drawn from torch's RNG
+    net.train()
+    skip, n = state["step"], len(loader)
+    total = torch.zeros((), device=d.device)
+    bar = tqdm(total=n * cfg.recipe.batch_size, desc=f"epoch {epoch}", unit="img", disable=not d.main,
+               dynamic_ncols=True, mininterval=1.0)
+    t0, seen = time.perf_counter(), 0
+    for i, (images, labels) in enumerate(loader):
+        if i < skip:  # resuming mid-epoch: the same batches, already learnt from
+            continue
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(cfg.recipe, epoch + i / n)
+        try:
+            total += train_step(net, images, labels, optimizer, criterion, dtype, scaler)
+        except torch.OutOfMemoryError:
+            raise UserError(f"CUDA out of memory at --batch-size {cfg.recipe.batch_size} "
+                            f"({labels.shape[0]} per GPU) and --res {cfg.res}: lower one of them") from None
+        seen += labels.shape[0] * d.world_size
+        bar.update(labels.shape[0] * d.world_size)
+        if (i + 1) % CHECK_EVERY == 0 or i + 1 == n:
+            loss, stopping = all_sum([total.item(), float(stop.requested)], d)
+            if not math.isfinite(loss):
+                raise UserError(f"the loss became {loss} in epoch {epoch}, step {i}: training diverged. "
+                                f"{out / 'last.pt'} (the last good checkpoint) is intact; lower --lr or use --amp off")
+            if stopping:
+                state["step"] = i + 1
+                _save(out / "last.pt", net, optimizer, scaler, cfg, classes, epoch, state, {}, d)
+                bar.close()
+                log(f"stopped at epoch {epoch}, step {i + 1}; resume with --resume")
+                return None
+    bar.close()
+    state["step"] = 0
+    loss = all_sum([total.item()], d)[0] / max(n - skip, 1) / d.world_size
+    return {"loss": loss, "img_s": seen / (time.perf_counter() - t0)}
+
+
+def _evaluate_all(net, loaders, d, dtype, cfg) -> dict:
+    results = {}
+    for res, loader in loaders.items():
+        if res != "train":
+            results[f"top1@{res}"], results[f"top5@{res}"] = evaluate_loader(net, loader, d, dtype)[:2]
+    return results
+
+
+def _end_of_epoch(model, optimizer, scaler, cfg, classes, epoch, results, state, out, d, log):
+    top1 = results[f"top1@{cfg.res}"]
+    is_best = top1 > state["best_top1"]
+    state.update(epoch=epoch + 1, step=0, best_top1=max(top1, state["best_top1"]))
+    _save(out / "last.pt", model, optimizer, scaler, cfg, classes, epoch, state, results, d)
+    if is_best and d.main:
+        checkpoint.save(out / "best.pt", model, metadata(cfg, classes, epoch, results))
+    if d.main:
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(results) + "\n")
+    log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items()))
+    barrier(d)
+
+
+def _save(path, model, optimizer, scaler, cfg, classes, epoch, state, results, d) -> None:
+    if d.main:
+        checkpoint.save(path, model, metadata(cfg, classes, epoch, results), optimizer=optimizer.state_dict(),
+                        scaler=scaler.state_dict() if scaler else None, state=dict(state), config=asdict(cfg))
+    barrier(d)
+
+
+def _resume(path: Path, model, optimizer, scaler, num_classes: int, cfg: TrainConfig, log) -> dict:
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint at {path}; start without --resume")
+    doc = checkpoint.load(path, map_location=next(model.parameters()).device)
+    meta = doc["meta"]
+    if meta["num_classes"] != num_classes or meta["arch"] != cfg.arch:
+        raise UserError(f"{path} holds a {meta['arch']} with {meta['num_classes']} classes, but this run is a "
+                        f"{cfg.arch} on {num_classes} classes; use another --out, or matching --arch/--data")
+    model.load_state_dict(doc["model"])
+    optimizer.load_state_dict(doc["optimizer"])
+    if scaler is not None and doc.get("scaler"):
+        scaler.load_state_dict(doc["scaler"])
+    log(f"resuming from {path}: epoch {doc['state']['epoch']}, step {doc['state']['step']}")
+    return dict(doc["state"])
