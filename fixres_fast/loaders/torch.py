@@ -10,7 +10,6 @@ import io
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .. import geometry
@@ -114,23 +113,43 @@ class _Batches:
 
 
 def gpu_augment(datas: list[torch.Tensor], spec, device) -> torch.Tensor:
-    """nvJPEG-decode a batch and apply the spec on the GPU: uint8 (N, K, K, 3)."""
+    """nvJPEG-decode a batch and apply the spec to the whole batch at once: uint8 (N, K, K, 3).
+
+    The decoded images are padded into one tensor, and a single ``roi_align`` crops every RoC and
+    resizes it to K x K (with ``sampling_ratio=-1`` each output pixel averages ceil(RoC/K)^2
+    bilinear samples, an area filter when shrinking). Flip and colour jitter are batched too, so
+    the kernels launched per batch do not grow with its size (beyond one copy per image).
+    """
     from torchvision.io import ImageReadMode, decode_jpeg
-    from torchvision.transforms import v2
+    from torchvision.ops import roi_align
 
     images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
-    k = spec.size
-    out = torch.empty(len(images), k, k, 3, dtype=torch.uint8, device=device)
-    jitter = v2.ColorJitter(spec.jitter, spec.jitter, spec.jitter) if getattr(spec, "jitter", 0) else None
+    n, k = len(images), spec.size
+    batch = torch.zeros(n, 3, max(i.shape[1] for i in images), max(i.shape[2] for i in images), device=device)
+    rois = np.empty((n, 5), dtype=np.float32)
     for b, img in enumerate(images):
+        batch[b, :, :img.shape[1], :img.shape[2]] = img
         top, left, h, w = gpu_box(spec, img.shape[1], img.shape[2])
-        crop = img[:, top:top + h, left:left + w].unsqueeze(0).float()
-        crop = F.interpolate(crop, size=(k, k), mode="bilinear", antialias=True, align_corners=False)[0]
-        if getattr(spec, "flip", False) and np.random.rand() < 0.5:
-            crop = crop.flip(-1)
-        crop = crop.round_().clamp_(0, 255).to(torch.uint8)
-        out[b] = (jitter(crop) if jitter else crop).permute(1, 2, 0)
-    return out
+        rois[b] = (b, left, top, left + w, top + h)
+    out = roi_align(batch, torch.from_numpy(rois).to(device), (k, k), 1.0, -1, True)
+    if getattr(spec, "flip", False):
+        flip = torch.from_numpy(np.random.rand(n) < 0.5).to(device)
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    if getattr(spec, "jitter", 0):
+        out = batch_jitter(out, spec.jitter)
+    return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def batch_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """Brightness, contrast, saturation factors ~ U(1 - s, 1 + s) per image, applied in that order
+    (as DALI does; torchvision shuffles the order) on float RGB in [0, 255]."""
+    factors = torch.from_numpy(np.random.uniform(1 - strength, 1 + strength, (3, x.shape[0], 1, 1, 1))).to(x)
+    grey = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    x = (x * factors[0]).clamp_(0, 255)
+    mean = (x * grey).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    x = ((x - mean) * factors[1] + mean).clamp_(0, 255)
+    luma = (x * grey).sum(1, keepdim=True)
+    return ((x - luma) * factors[2] + luma).clamp_(0, 255)
 
 
 def gpu_box(spec, height: int, width: int):

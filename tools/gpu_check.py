@@ -1,0 +1,112 @@
+"""The GPU checks of the loaders, trainer and profile issues, as one script for a lent H100/H200.
+
+Here (no GPU):   .venv/bin/python tools/gpu_check.py prepare        # records into .gpu/records
+There:           PYTHONPATH=. python3 tools/gpu_check.py run --out $OUT   (carry .gpu)
+
+The GPU machine has torch, torchvision, timm, click and matplotlib but neither DALI nor FFCV, so the
+loader checks use the torch backend's nvJPEG path. Each part runs as its own process with a time
+limit; what each printed goes to OUT/<part>.log and a summary to OUT/gpu_check.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDS = ROOT / ".gpu" / "records"
+PY = sys.executable
+
+
+def prepare(n_train: int, n_val: int) -> None:
+    """ImageNet-like JPEGs (500x375, some 375x500) from the real photos, converted to RecordIO only."""
+    sys.path.insert(0, str(ROOT))
+    import random
+    import shutil
+
+    from PIL import Image
+
+    from fixres_fast.convert import ConvertConfig, convert
+    from fixres_fast.sampledata import photos
+
+    src = ROOT / ".gpu" / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    rng = random.Random(0)
+    pics = [Image.open(p).convert("RGB") for p in photos()]
+    for split, n in (("train", n_train), ("val", n_val)):
+        for i in range(n):
+            im = pics[i % len(pics)]
+            w, h = im.size
+            s = rng.uniform(0.6, 1.0)
+            box = (rng.uniform(0, w * (1 - s)), rng.uniform(0, h * (1 - s)))
+            im = im.crop((*box, box[0] + w * s, box[1] + h * s)).resize((500, 375) if i % 4 else (375, 500))
+            d = src / split / f"c{i % 10}"
+            d.mkdir(parents=True, exist_ok=True)
+            im.save(d / f"{i}.jpg", quality=90)
+    convert(ConvertConfig(layout="folder", src=str(src), out=str(RECORDS), formats=("recordio",), overwrite=True))
+    shutil.rmtree(src)
+
+
+def parts(out: Path) -> dict[str, list[str]]:
+    data = str(RECORDS)
+    return {
+        "env": [PY, "-c", "import torch, torchvision; print(torch.__version__, torchvision.__version__, "
+                "torch.cuda.get_device_name(0), torch.cuda.is_bf16_supported())"],
+        "loaders": [PY, "tools/bench_loaders.py", data, "--device", "cuda", "--backends", "torch",
+                    "--modes", "train,test", "--res", "160,224", "--batch", "256", "--epochs", "3", "--workers", "8"],
+        "train_throughput": [PY, "tools/bench_train.py", "--data", data, "--arch", "resnet50", "--res",
+                             "128,160,224,288", "--batch-size", "256", "--steps", "30", "--warmup", "10",
+                             "--device", "cuda", "--amp", "bf16", "--backends", "synthetic,torch", "--workers", "8",
+                             "--json", str(out / "train_throughput.json")],
+        "profile_fp32": [PY, "-m", "fixres_fast.cli", "profile", "--arch", "resnet50", "--res",
+                         "64,128,160,224,288,384,448", "--batch-size", "32", "--device", "cuda", "--amp", "off",
+                         "--channels-last", "--out", str(out / "profile_fp32")],
+        "profile_bf16": [PY, "-m", "fixres_fast.cli", "profile", "--arch", "resnet50", "--res",
+                         "64,128,160,224,288,384,448", "--batch-size", "32", "--device", "cuda", "--amp", "bf16",
+                         "--channels-last", "--out", str(out / "profile_bf16")],
+        "train_e2e": [PY, "-m", "fixres_fast.cli", "train", "--data", data, "--out", "/tmp/gpu_train", "--arch",
+                      "resnet50", "--res", "160", "--epochs", "2", "--batch-size", "256", "--backend", "torch",
+                      "--device", "cuda", "--amp", "bf16", "--eval-res", "224", "--workers", "8"],
+    }
+
+
+def run(out: Path, only: list[str], limit: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "5"}
+    summary = {}
+    for name, cmd in parts(out).items():
+        if only and name not in only:
+            continue
+        t0 = time.perf_counter()
+        try:
+            done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit)
+            rc, text = done.returncode, done.stdout + done.stderr
+        except subprocess.TimeoutExpired as e:
+            rc, text = "timeout", (e.stdout or b"").decode() + (e.stderr or b"").decode()
+        (out / f"{name}.log").write_text(text)
+        summary[name] = {"rc": rc, "seconds": round(time.perf_counter() - t0, 1), "tail": text[-1500:]}
+        print(f"== {name}: rc {rc}, {summary[name]['seconds']} s\n{text[-3000:]}", flush=True)
+        (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", choices=["prepare", "run"])
+    ap.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
+    ap.add_argument("--only", default="", help="comma-separated parts to run")
+    ap.add_argument("--limit", type=int, default=150, help="seconds per part")
+    ap.add_argument("--train-images", type=int, default=768)
+    ap.add_argument("--val-images", type=int, default=128)
+    args = ap.parse_args()
+    if args.action == "prepare":
+        prepare(args.train_images, args.val_images)
+    else:
+        run(Path(args.out), [p for p in args.only.split(",") if p], args.limit)
+
+
+if __name__ == "__main__":
+    main()
