@@ -150,37 +150,22 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 def _train(cfg: TrainConfig, d: Dist, log) -> dict:
     _check(cfg, d)
-    num_classes, classes = dataset_info(cfg.data)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, num_classes).to(d.device, memory_format=torch.channels_last)
-    r = cfg.recipe
-    optimizer = torch.optim.SGD(param_groups(model, r), lr=r.base_lr, momentum=r.momentum)
-    dtype = amp_dtype(cfg.amp, d.device)
-    scaler = torch.amp.GradScaler(d.device.type) if dtype == torch.float16 else None
-    state = {"epoch": 0, "step": 0, "best_top1": -1.0}
-    if cfg.resume:
-        state = _resume(out / "last.pt", model, optimizer, scaler, num_classes, cfg, log)
-    net = model
-    if d.world_size > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
+    run = _Run(cfg, d, log)
     loaders = _loaders(cfg, d)
-    criterion = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
-    stop = _StopRequest()
     results = {}
     try:
-        for epoch in range(state["epoch"], r.epochs):
-            done = _epoch(net, loaders["train"], optimizer, criterion, dtype, scaler, cfg, d, epoch, state, stop, out, classes, log)
+        for epoch in range(run.state["epoch"], cfg.recipe.epochs):
+            done = run.epoch(loaders["train"], epoch)
             if not done:
-                return {"interrupted": True, "epoch": epoch, "step": state["step"]}
-            results = _evaluate_all(net, loaders, d, dtype, cfg)
-            results.update(epoch=epoch, lr=lr_at(r, epoch), train_loss=done["loss"], train_img_s=done["img_s"])
-            _end_of_epoch(model, optimizer, scaler, cfg, classes, epoch, results, state, out, d, log)
+                return {"interrupted": True, "epoch": epoch, "step": run.state["step"]}
+            results = {}
+            for res, loader in loaders.items():
+                if res != "train":
+                    results[f"top1@{res}"], results[f"top5@{res}"] = evaluate_loader(run.net, loader, d, run.dtype)[:2]
+            results.update(epoch=epoch, lr=lr_at(cfg.recipe, epoch), train_loss=done["loss"], train_img_s=done["img_s"])
+            run.end_of_epoch(epoch, results)
     finally:
-        stop.restore()
+        run.stop.restore()
     return results
 
 
@@ -198,85 +183,110 @@ def _loaders(cfg: TrainConfig, d: Dist) -> dict:
     return loaders
 
 
-def _epoch(net, loader, optimizer, criterion, dtype, scaler, cfg, d, epoch, state, stop, out, classes, log):
-    """Train one epoch; returns {'loss', 'img_s'}, or None when a stop was requested (checkpoint written)."""
-    loader.set_epoch(epoch)
-    torch.manual_seed(cfg.seed * 100003 + epoch * 1009 + d.rank)  # augmentations drawn from torch's RNG
-    net.train()
-    skip, n = state["step"], len(loader)
-    total = torch.zeros((), device=d.device)
-    bar = tqdm(total=n * cfg.recipe.batch_size, desc=f"epoch {epoch}", unit="img", disable=not d.main,
-               dynamic_ncols=True, mininterval=1.0)
-    t0, seen = time.perf_counter(), 0
-    for i, (images, labels) in enumerate(loader):
-        if i < skip:  # resuming mid-epoch: the same batches, already learnt from
-            continue
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(cfg.recipe, epoch + i / n)
-        try:
-            total += train_step(net, images, labels, optimizer, criterion, dtype, scaler)
-        except torch.OutOfMemoryError:
-            raise UserError(f"CUDA out of memory at --batch-size {cfg.recipe.batch_size} "
-                            f"({labels.shape[0]} per GPU) and --res {cfg.res}: lower one of them") from None
-        seen += labels.shape[0] * d.world_size
-        bar.update(labels.shape[0] * d.world_size)
-        if (i + 1) % CHECK_EVERY == 0 or i + 1 == n:
-            loss, stopping = all_sum([total.item(), float(stop.requested)], d)
-            if not math.isfinite(loss):
-                raise UserError(f"the loss became {loss} in epoch {epoch}, step {i}: training diverged. "
-                                f"{out / 'last.pt'} (the last good checkpoint) is intact; lower --lr or use --amp off")
-            if stopping:
-                state["step"] = i + 1
-                _save(out / "last.pt", net, optimizer, scaler, cfg, classes, epoch, state, {}, d)
+class _Run:
+    """One process's training state: model (and its DDP / compiled wrapper), optimizer, AMP, progress."""
+
+    def __init__(self, cfg: TrainConfig, d: Dist, log):
+        self.cfg, self.d, self.log = cfg, d, log
+        num_classes, self.classes = dataset_info(cfg.data)
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.arch, num_classes).to(d.device, memory_format=torch.channels_last)
+        r = cfg.recipe
+        self.optimizer = torch.optim.SGD(param_groups(self.model, r), lr=r.base_lr, momentum=r.momentum)
+        self.dtype = amp_dtype(cfg.amp, d.device)
+        self.scaler = torch.amp.GradScaler(d.device.type) if self.dtype == torch.float16 else None
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
+        self.state = {"epoch": 0, "step": 0, "best_top1": -1.0}
+        if cfg.resume:
+            self.resume(self.out / "last.pt", num_classes)
+        self.net = self.model
+        if d.world_size > 1:
+            ids = [d.device.index] if d.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        self.stop = _StopRequest()
+
+    def epoch(self, loader, epoch: int) -> dict | None:
+        """Train one epoch; returns {'loss', 'img_s'}, or None when a stop was requested (checkpoint written)."""
+        cfg, d = self.cfg, self.d
+        loader.set_epoch(epoch)
+        torch.manual_seed(cfg.seed * 100003 + epoch * 1009 + d.rank)  # augmentations drawn from torch's RNG
+        self.net.train()
+        skip, n = self.state["step"], len(loader)
+        total = torch.zeros((), device=d.device)
+        bar = tqdm(total=n * cfg.recipe.batch_size, desc=f"epoch {epoch}", unit="img", disable=not d.main,
+                   dynamic_ncols=True, mininterval=1.0)
+        t0, seen = time.perf_counter(), 0
+        for i, (images, labels) in enumerate(loader):
+            if i < skip:  # resuming mid-epoch: the same batches, already learnt from
+                continue
+            total += self.step(images, labels, epoch + i / n)
+            seen += labels.shape[0] * d.world_size
+            bar.update(labels.shape[0] * d.world_size)
+            if ((i + 1) % CHECK_EVERY == 0 or i + 1 == n) and self.should_stop(total, epoch, i):
                 bar.close()
-                log(f"stopped at epoch {epoch}, step {i + 1}; resume with --resume")
                 return None
-    bar.close()
-    state["step"] = 0
-    loss = all_sum([total.item()], d)[0] / max(n - skip, 1) / d.world_size
-    return {"loss": loss, "img_s": seen / (time.perf_counter() - t0)}
+        bar.close()
+        self.state["step"] = 0
+        loss = all_sum([total.item()], d)[0] / max(n - skip, 1) / d.world_size
+        return {"loss": loss, "img_s": seen / (time.perf_counter() - t0)}
 
+    def step(self, images, labels, epoch: float) -> torch.Tensor:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr_at(self.cfg.recipe, epoch)
+        try:
+            return train_step(self.net, images, labels, self.optimizer, self.criterion, self.dtype, self.scaler)
+        except torch.OutOfMemoryError:
+            raise UserError(f"CUDA out of memory at --batch-size {self.cfg.recipe.batch_size} ({labels.shape[0]} "
+                            f"per GPU) and --res {self.cfg.res}: lower one of them") from None
 
-def _evaluate_all(net, loaders, d, dtype, cfg) -> dict:
-    results = {}
-    for res, loader in loaders.items():
-        if res != "train":
-            results[f"top1@{res}"], results[f"top5@{res}"] = evaluate_loader(net, loader, d, dtype)[:2]
-    return results
+    def should_stop(self, total: torch.Tensor, epoch: int, i: int) -> bool:
+        """Check the loss, and stop requests on any process (one sync for both)."""
+        loss, stopping = all_sum([total.item(), float(self.stop.requested)], self.d)
+        if not math.isfinite(loss):
+            raise UserError(f"the loss became {loss} in epoch {epoch}, step {i}: training diverged. "
+                            f"{self.out / 'last.pt'} (the last good checkpoint) is intact; lower --lr or use --amp off")
+        if stopping:
+            self.state["step"] = i + 1
+            self.save(self.out / "last.pt", epoch, {})
+            self.log(f"stopped at epoch {epoch}, step {i + 1}; resume with --resume")
+        return bool(stopping)
 
+    def end_of_epoch(self, epoch: int, results: dict) -> None:
+        top1 = results[f"top1@{self.cfg.res}"]
+        is_best = top1 > self.state["best_top1"]
+        self.state.update(epoch=epoch + 1, step=0, best_top1=max(top1, self.state["best_top1"]))
+        self.save(self.out / "last.pt", epoch, results)
+        if self.d.main:
+            if is_best:
+                checkpoint.save(self.out / "best.pt", self.model, metadata(self.cfg, self.classes, epoch, results))
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(results) + "\n")
+        self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items()))
+        barrier(self.d)
 
-def _end_of_epoch(model, optimizer, scaler, cfg, classes, epoch, results, state, out, d, log):
-    top1 = results[f"top1@{cfg.res}"]
-    is_best = top1 > state["best_top1"]
-    state.update(epoch=epoch + 1, step=0, best_top1=max(top1, state["best_top1"]))
-    _save(out / "last.pt", model, optimizer, scaler, cfg, classes, epoch, state, results, d)
-    if is_best and d.main:
-        checkpoint.save(out / "best.pt", model, metadata(cfg, classes, epoch, results))
-    if d.main:
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(results) + "\n")
-    log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items()))
-    barrier(d)
+    def save(self, path: Path, epoch: int, results: dict) -> None:
+        if self.d.main:
+            checkpoint.save(path, self.model, metadata(self.cfg, self.classes, epoch, results),
+                            optimizer=self.optimizer.state_dict(), state=dict(self.state), config=asdict(self.cfg),
+                            scaler=self.scaler.state_dict() if self.scaler else None)
+        barrier(self.d)
 
-
-def _save(path, model, optimizer, scaler, cfg, classes, epoch, state, results, d) -> None:
-    if d.main:
-        checkpoint.save(path, model, metadata(cfg, classes, epoch, results), optimizer=optimizer.state_dict(),
-                        scaler=scaler.state_dict() if scaler else None, state=dict(state), config=asdict(cfg))
-    barrier(d)
-
-
-def _resume(path: Path, model, optimizer, scaler, num_classes: int, cfg: TrainConfig, log) -> dict:
-    if not path.is_file():
-        raise UserError(f"--resume: no checkpoint at {path}; start without --resume")
-    doc = checkpoint.load(path, map_location=next(model.parameters()).device)
-    meta = doc["meta"]
-    if meta["num_classes"] != num_classes or meta["arch"] != cfg.arch:
-        raise UserError(f"{path} holds a {meta['arch']} with {meta['num_classes']} classes, but this run is a "
-                        f"{cfg.arch} on {num_classes} classes; use another --out, or matching --arch/--data")
-    model.load_state_dict(doc["model"])
-    optimizer.load_state_dict(doc["optimizer"])
-    if scaler is not None and doc.get("scaler"):
-        scaler.load_state_dict(doc["scaler"])
-    log(f"resuming from {path}: epoch {doc['state']['epoch']}, step {doc['state']['step']}")
-    return dict(doc["state"])
+    def resume(self, path: Path, num_classes: int) -> None:
+        cfg = self.cfg
+        if not path.is_file():
+            raise UserError(f"--resume: no checkpoint at {path}; start without --resume")
+        doc = checkpoint.load(path, map_location=self.d.device)
+        meta = doc["meta"]
+        if meta["num_classes"] != num_classes or meta["arch"] != cfg.arch:
+            raise UserError(f"{path} holds a {meta['arch']} with {meta['num_classes']} classes, but this run is a "
+                            f"{cfg.arch} on {num_classes} classes; use another --out, or matching --arch/--data")
+        self.model.load_state_dict(doc["model"])
+        self.optimizer.load_state_dict(doc["optimizer"])
+        if self.scaler is not None and doc.get("scaler"):
+            self.scaler.load_state_dict(doc["scaler"])
+        self.state = dict(doc["state"])
+        self.log(f"resuming from {path}: epoch {self.state['epoch']}, step {self.state['step']}")
