@@ -295,5 +295,78 @@ def roc(resize_ratio, out, **opts):
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
+
+def _test_res(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise click.BadParameter(f"expected a resolution in pixels such as 224, or 'auto', got {text!r}") from None
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A checkpoint from `fixres-fast train`.")
+@click.option("--test-res", required=True, help="K_test in pixels, or 'auto': try multiples of 32 from K_train to "
+              "2 K_train on a held-out slice of the training set, keep the best (Eq. 5's prediction is printed beside it).")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="A conversion's OUT folder [default: the one the checkpoint was trained on].")
+@click.option("--tune", type=click.Choice(["fc", "bn+fc", "bn-stats", "last-stage"]), default="bn+fc",
+              help="What learns: the classifier; the last BN before pooling and the classifier (paper); only that "
+                   "BN's running statistics (no labels); or the layers at the final feature-map size and the classifier.")
+@click.option("--bn-scope", type=click.Choice(["last", "all"]), default="last", help="--tune bn-stats: the last BN, or every BN.")
+@click.option("--aug", type=click.Choice(["test", "test2", "train"]), default="test",
+              help="Fine-tuning DA: test DA (paper; the frozen trunk then runs once), test DA2, or train DA.")
+@click.option("--method", type=click.Choice(["finetune", "frechet"]), default="finetune",
+              help="frechet: the supplement's equalisation of the pooled activations (Fréchet fit, xi = 0.3).")
+@click.option("--epochs", default=10, help="Fine-tuning epochs (paper: 60).")
+@click.option("--batch-size", default=512, help="B (paper: 512).")
+@click.option("--lr", type=float, default=None, help="Learning rate [default: 0.008*B/512, the paper's]; x0.1 at half the epochs.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Adapted checkpoint [default: CHECKPOINT-adaptedK.pt].")
+@click.option("--backend", type=click.Choice(["auto", "dali", "ffcv", "torch"]), default="auto")
+@click.option("--device", default="auto", help="cuda, cpu or auto.")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto")
+@click.option("--workers", default=0, help="Loader workers [default: all cores].")
+@click.option("--seed", default=0)
+@click.option("--cache/--no-cache", default=True, help="With test DA, compute the frozen trunk once and cache its output.")
+@click.option("--cache-mib", default=4096, help="Largest cache; above it, stream through the trunk every epoch.")
+@user_errors
+def adapt(test_res, **opts):
+    """Adapt a checkpoint to the test resolution K_test (Sec. 4.2): fine-tune the last BatchNorm before
+    global pooling and the classifier at K_test on the training set, the trunk frozen.
+
+    The adapted checkpoint records K_test and its pre-processing, so `fixres-fast evaluate` uses them.
+    """
+    from .adapt import AdaptConfig
+    from .adapt import adapt as run
+
+    run(AdaptConfig(test_res=_test_res(test_res), **opts), log=click.echo)
+
+
+@main.command("evaluate", context_settings={"show_default": True})
+@click.option("--checkpoint", "checkpoints", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help="Repeatable: e.g. the base checkpoint and the adapted one, drawn on one plot (Fig. 5).")
+@click.option("--res", default="", help="Test resolutions, e.g. 128,160,224,288,384 [default: each checkpoint's own].")
+@click.option("--ensemble", default="", help="Average the softmax over these resolutions, e.g. 384,352.")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="A conversion's OUT folder [default: the one each checkpoint was trained or adapted on].")
+@click.option("--out", default="runs/evaluate", type=click.Path(file_okay=False),
+              help="Where evaluate.csv, evaluate.json and accuracy.png go.")
+@click.option("--batch-size", default=100)
+@click.option("--backend", type=click.Choice(["auto", "dali", "ffcv", "torch"]), default="auto")
+@click.option("--device", default="auto", help="cuda, cpu or auto.")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto")
+@click.option("--workers", default=0, help="Loader workers [default: all cores].")
+@user_errors
+def evaluate_cmd(checkpoints, res, ensemble, out, **opts):
+    """Top-1 and top-5 on the validation split at each test resolution (test DA), with the paper's
+    10-fold leave-one-out standard deviation of top-1; --ensemble averages the softmax over resolutions."""
+    from .evaluate import EvalConfig, evaluate, write_results
+
+    cfg = EvalConfig(checkpoints=tuple(checkpoints), res=_ints(res), ensemble=_ints(ensemble), **opts)
+    paths = write_results(evaluate(cfg, log=click.echo), cfg, out)
+    click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
 if __name__ == "__main__":
     main()

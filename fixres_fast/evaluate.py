@@ -1,10 +1,27 @@
-"""Evaluation: top-1 / top-5 over an exact epoch (every image once), summed over processes."""
+"""Evaluation: top-1 / top-5 over an exact epoch (every image once), at one or several test resolutions.
+
+:func:`evaluate_loader` is the trainer's per-epoch check, summed over processes. :func:`evaluate`
+is the ``fixres-fast evaluate`` job: for each checkpoint and each K_test it classifies the validation
+set with test DA (the checkpoint's resize ratio), and reports top-1, top-5, the loss and the paper's
+significance measure (Sec. 5: split the images into 10 folds, measure top-1 on 9 of them leaving one
+out in turn, and take the standard deviation over the 10). ``ensemble`` averages the softmax over
+several resolutions (Sec. 5.1, "Multiple resolutions"). Files and the plot are at the edge.
+"""
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 
+from . import checkpoint
 from .distributed import Dist, all_sum
+from .errors import UserError
+
+FOLDS = 10  # the paper's leave-one-out folds
 
 
 @torch.no_grad()
@@ -28,3 +45,174 @@ def evaluate_loader(model: nn.Module, loader, d: Dist, dtype: torch.dtype | None
     c1, c5, loss, total = all_sum([*sums.tolist(), n], d)
     total = max(total, 1)
     return 100 * c1 / total, 100 * c5 / total, loss / total, int(total)
+
+
+def model_from_checkpoint(doc: dict, device: torch.device) -> nn.Module:
+    """The model a checkpoint describes, weights loaded, in eval mode, with an adapted checkpoint's
+    Fréchet equalisation (``meta['adaptation']['frechet']``) attached after pooling."""
+    from . import frechet
+    from .models import build_model, classifier
+
+    meta = doc["meta"]
+    model = build_model(meta["arch"], meta["num_classes"])
+    model.load_state_dict(doc["model"])
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    eq = (meta.get("adaptation") or {}).get("frechet")
+    if eq:
+        frechet.attach(classifier(model), eq["scale"], eq["shift"])
+    return model
+
+
+def test_spec(meta: dict, k_test: int):
+    """Test DA at ``k_test`` with the resize ratio the checkpoint was evaluated with."""
+    from .spec import RESIZE_RATIO, TestDA
+
+    return TestDA(k_test=k_test, resize_ratio=meta["preprocessing"]["test"].get("resize_ratio", RESIZE_RATIO))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax probabilities float32 (N, classes), labels (N,)) on the CPU, in the loader's order."""
+    probs, labels = [], []
+    for images, y in loader:
+        with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(images)
+        probs.append(logits.float().softmax(1).cpu())
+        labels.append(y.cpu())
+    return torch.cat(probs), torch.cat(labels)
+
+
+def leave_one_out_std(correct, folds: int = FOLDS) -> float:
+    """Std (percentage points) of top-1 over ``folds`` leave-one-fold-out subsets (image i is in fold i % folds)."""
+    correct = np.asarray(correct, dtype=np.float64)
+    fold = np.arange(correct.size) % folds
+    accs = [100 * correct[fold != f].mean() for f in range(folds) if (fold != f).any()]
+    return float(np.std(accs))
+
+
+def scores(probs: torch.Tensor, labels: torch.Tensor, folds: int = FOLDS) -> dict:
+    """top1, top5 (%), loss (mean cross-entropy), top1_std (leave-one-out, points) and n."""
+    k = min(5, probs.shape[1])
+    hit = probs.topk(k, dim=1).indices == labels[:, None]
+    loss = -probs.gather(1, labels[:, None]).clamp_min(1e-12).log().mean()
+    return {"top1": 100 * hit[:, 0].double().mean().item(), "top5": 100 * hit.any(1).double().mean().item(),
+            "loss": loss.item(), "top1_std": leave_one_out_std(hit[:, 0].numpy(), folds), "n": int(labels.numel())}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    checkpoints: tuple[str, ...]
+    data: str | None = None  # a conversion's OUT folder; None: the one the checkpoint was trained or adapted on
+    res: tuple[int, ...] = ()  # K_test values; (): each checkpoint's own test resolution
+    ensemble: tuple[int, ...] = ()  # resolutions whose softmax is averaged, e.g. (384, 352)
+    batch_size: int = 100
+    backend: str = "auto"
+    device: str = "auto"
+    amp: str = "auto"
+    workers: int = 0
+    folds: int = FOLDS
+
+
+def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
+    """One row per checkpoint and resolution (and per checkpoint for the ensemble)."""
+    from .data import backend_for
+    from .loaders import LoaderConfig, make_loader
+    from .train import _device, amp_dtype
+
+    if not cfg.checkpoints:
+        raise UserError("expected at least one --checkpoint")
+    bad = [k for k in (*cfg.res, *cfg.ensemble) if k <= 0]
+    if bad:
+        raise UserError(f"test resolutions must be positive numbers of pixels, got {bad}")
+    device = torch.device(_device(cfg))
+    dtype, backend = amp_dtype(cfg.amp, device), backend_for(cfg.backend, device)
+    loader_cfg = LoaderConfig(batch_size=cfg.batch_size, device=str(device), workers=cfg.workers, training=False)
+    rows = []
+    for path in cfg.checkpoints:
+        doc = checkpoint.load(path)
+        meta, model = doc["meta"], model_from_checkpoint(doc, device)
+        data, own = checkpoint_data(doc, cfg.data), cfg.res or (meta["test_res"],)
+        ensemble = None
+        for k in dict.fromkeys((*own, *cfg.ensemble)):
+            probs, labels = predict(model, make_loader(backend, test_spec(meta, k), data, "val", loader_cfg), dtype)
+            if k in cfg.ensemble:
+                ensemble = probs if ensemble is None else ensemble + probs
+            if k in own:
+                rows.append(_row(path, meta, str(k), scores(probs, labels, cfg.folds)))
+                log(_line(rows[-1]))
+        if ensemble is not None:
+            name = "+".join(map(str, cfg.ensemble))
+            rows.append(_row(path, meta, name, scores(ensemble / len(cfg.ensemble), labels, cfg.folds)))
+            log(_line(rows[-1]))
+    return rows
+
+
+def checkpoint_data(doc: dict, data: str | None) -> str:
+    """``data``, else the data set the checkpoint was trained (``config.data``) or adapted (``adaptation.data``) on."""
+    known = data or (doc["meta"].get("adaptation") or {}).get("data") or (doc.get("config") or {}).get("data")
+    if not known:
+        raise UserError("this checkpoint does not say which data set it was trained on; pass --data OUT")
+    return known
+
+
+def _row(path, meta, res: str, s: dict) -> dict:
+    adapted = meta.get("adaptation") or {}
+    return {"checkpoint": str(path), "train_res": meta["train_res"], "adapted_at": adapted.get("k_test"),
+            "tune": adapted.get("tune"), "res": res, **s}
+
+
+def _line(row: dict) -> str:
+    return (f"{Path(row['checkpoint']).name} @ {row['res']}: top-1 {row['top1']:.2f}% ± {row['top1_std']:.2f} "
+            f"(leave-one-out), top-5 {row['top5']:.2f}%, loss {row['loss']:.4f}, {row['n']} images")
+
+
+# --- At the edge: CSV, JSON and the plot of accuracy against the test resolution (the paper's Fig. 5) ---
+
+
+def write_results(rows: list[dict], cfg: EvalConfig, out) -> dict[str, Path]:
+    """OUT/evaluate.csv, OUT/evaluate.json (config, code revision, rows) and OUT/accuracy.png."""
+    import csv
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "evaluate.csv", "json": out / "evaluate.json", "png": out / "accuracy.png"}
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    doc = {"config": asdict(cfg), "git": checkpoint.git_revision(), "torch": torch.__version__, "rows": rows}
+    paths["json"].write_text(json.dumps(doc, indent=2) + "\n")
+    plot_accuracy(rows, paths["png"])
+    return paths
+
+
+def plot_accuracy(rows: list[dict], path) -> None:
+    """Top-1 against K_test, one curve per checkpoint: before adaptation (train resolution only) and after
+    (adapted at a K_test), as in Fig. 5; each adapted checkpoint's own K_test is ringed. Ensembles are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for ckpt in dict.fromkeys(r["checkpoint"] for r in rows):
+        own = sorted((int(r["res"]), r) for r in rows if r["checkpoint"] == ckpt and r["res"].isdigit())
+        if not own:
+            continue
+        first = own[0][1]
+        label = (f"train {first['train_res']}, adapted at {first['adapted_at']} ({first['tune']})" if first["adapted_at"]
+                 else f"train {first['train_res']}, no adaptation")
+        res, top1 = [k for k, _ in own], [r["top1"] for _, r in own]
+        line, = ax.plot(res, top1, "o-" if first["adapted_at"] else "s--", label=label)
+        ax.errorbar(res, top1, yerr=[r["top1_std"] for _, r in own], fmt="none", color=line.get_color(), capsize=2)
+        if first["adapted_at"] in res:
+            ax.plot([first["adapted_at"]], [top1[res.index(first["adapted_at"])]], "o", ms=12, mfc="none",
+                    color=line.get_color())
+    ax.set_xlabel("test resolution K_test (pixels)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("Accuracy against test resolution, before and after adaptation", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .models import adaptation_mode as _adaptation_mode  # the same freezing as `fixres-fast adapt`
 from .models import build_model, classifier, last_bn_before_pool
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
@@ -192,13 +193,6 @@ def _profile_resolution(model, adapted, res: int, cfg: ProfileConfig, device) ->
                         "choose larger resolutions") from None
     return ProfileRow(res, cfg.batch_size, train_f, train_b, adapt_f, adapt_b, infer_f,
                       train_peak, adapt_peak, infer_peak)
-
-
-def _adaptation_mode(model, adapted) -> None:
-    """FixRes fine-tuning (Sec. 4.2): only ``adapted`` (last BN, classifier) learn; the BN uses batch statistics."""
-    model.requires_grad_(False).eval()
-    for module in adapted:
-        module.requires_grad_(True).train()
 
 
 def _train_step(model, x, y, dtype, measure) -> tuple[float, float]:

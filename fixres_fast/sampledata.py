@@ -151,19 +151,21 @@ def fashion_mnist(split: str = "train", root: Path = FASHION_MNIST):
 def composite(item, background, rng, size: int = 64, side_range=(0.3, 1.0)):
     """One ``size`` x ``size`` RGB scene: a random square crop of ``background`` (an RGB PIL image) with
     ``item`` (28x28 greyscale, bright on black) pasted on it at a side drawn log-uniformly from
-    ``side_range`` (fractions of ``size``) and a random position; the item's brightness is its opacity."""
+    ``side_range`` (fractions of ``size``) and a random position; twice the item's brightness is its opacity."""
     import numpy as np
 
     w, h = background.size
     crop = int(rng.uniform(0.25, 1.0) * min(w, h))
     x0, y0 = rng.integers(0, w - crop + 1), rng.integers(0, h - crop + 1)
     canvas = np.asarray(background.crop((x0, y0, x0 + crop, y0 + crop)).resize((size, size), Image.BILINEAR), np.float32)
+    canvas *= 0.5  # a dimmer background, so that the object stands out
     side = max(4, int(round(size * np.exp(rng.uniform(*np.log(side_range))))))
     obj = np.asarray(Image.fromarray(item).resize((side, side), Image.BILINEAR), np.float32)[..., None] / 255
+    alpha = np.minimum(1.0, 2 * obj)
     top, left = rng.integers(0, size - side + 1, size=2)
     tint = rng.uniform(0.6, 1.0, size=3) * 255  # a random light colour, so that colour does not give the class away
     patch = canvas[top:top + side, left:left + side]
-    canvas[top:top + side, left:left + side] = obj * tint + (1 - obj) * patch
+    canvas[top:top + side, left:left + side] = obj * tint + (1 - alpha) * patch
     return Image.fromarray(canvas.round().astype(np.uint8))
 
 

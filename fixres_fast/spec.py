@@ -140,3 +140,14 @@ class Recipe:
     @property
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else BASE_LR * self.batch_size / LR_BATCH
+
+#: Adaptation epochs by default: with test DA the frozen trunk runs once and each epoch costs only the
+#: tuned layers, so more than the paper's quick runs would need is cheap; the paper fine-tunes FINETUNE_EPOCHS.
+ADAPT_EPOCHS = 10
+
+
+def finetune_recipe(epochs: int = ADAPT_EPOCHS, batch_size: int = FINETUNE_LR_BATCH, lr: float | None = None) -> Recipe:
+    """Fine-tuning at K_test (Sec. 5): SGD, lr FINETUNE_LR * B / FINETUNE_LR_BATCH, "same decay" (x0.1 at
+    half of the epochs, as 30 of the paper's 60), no repeated augmentation."""
+    lr = FINETUNE_LR * batch_size / FINETUNE_LR_BATCH if lr is None else lr
+    return Recipe(epochs=epochs, batch_size=batch_size, lr=lr, step_epochs=max(1, -(-epochs // 2)), repeats=1)

@@ -1,0 +1,395 @@
+"""FixRes adaptation (Sec. 4.2): fix a network trained at K_train for a larger test resolution K_test.
+
+The default (the paper's) fine-tunes the classifier and the last BatchNorm before global pooling at
+K_test, on the training set with test DA, everything else frozen. ``tune`` picks the classifier
+alone, the last stage, or only the running statistics of the last BN (or of every BN), with no
+labels; ``method='frechet'`` is the supplement's parametric equalisation (:mod:`fixres_fast.frechet`).
+
+Gradients reach only the tuned parameters and no backward pass runs through the frozen trunk. With
+test DA the trunk's output for an image never changes, so it is computed once (:func:`models.split_at`
+cuts the model before the first tuned layer) and every epoch runs the tuned layers alone; with test
+DA2 or train DA, or when the cache would exceed ``cache_mib``, each epoch streams through the frozen
+trunk in eval mode. ``test_res=None`` (``--test-res auto``) adapts at each candidate K_test (multiples
+of 32, Appendix B) on part of a slice of the training set, measures top-1 on the rest of that slice,
+keeps the best, and reports Eq. 5's prediction beside it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint, frechet
+from .data import backend_for
+from .distributed import Dist
+from .errors import UserError
+from .evaluate import checkpoint_data, evaluate_loader, model_from_checkpoint, test_spec
+from .geometry import k_test_calibrated, suggest_k_test
+from .models import TUNE, adaptation_mode, classifier, split_at, tuned_modules
+from .spec import ADAPT_EPOCHS, AREA_RANGE, FINETUNE_LR_BATCH, finetune_recipe, k_test_image, make_spec
+from .train import _device, amp_dtype, lr_at
+
+AUGS, METHODS, BN_SCOPES = ("test", "test2", "train"), ("finetune", "frechet"), ("last", "all")
+STEP = 32  # candidate test resolutions are multiples of this (Appendix B)
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    checkpoint: str
+    test_res: int | None = None  # K_test; None: choose it on a held-out slice of the training set ('auto')
+    data: str | None = None  # a conversion's OUT folder; None: the one the checkpoint was trained on
+    tune: str = "bn+fc"  # fc | bn+fc | bn-stats | last-stage
+    bn_scope: str = "last"  # bn-stats: 'last' BN before pooling, or 'all'
+    aug: str = "test"  # fine-tuning augmentation: test DA (paper), test2 (test DA2) or train DA
+    method: str = "finetune"  # or 'frechet' (Appendix A.1)
+    epochs: int = ADAPT_EPOCHS  # the paper: 60
+    batch_size: int = FINETUNE_LR_BATCH  # B (paper: 512)
+    lr: float | None = None  # None: 0.008 * B / 512
+    out: str | None = None  # None: CHECKPOINT-adaptedK.pt beside the checkpoint
+    backend: str = "auto"
+    device: str = "auto"
+    amp: str = "auto"
+    workers: int = 0
+    seed: int = 0
+    cache: bool = True  # with test DA, run the frozen trunk once and cache what the tuned layers need
+    cache_mib: int = 4096  # above this, stream through the trunk every epoch instead
+    stats_images: int = 10_000  # training images read by bn-stats and the Fréchet fit
+    auto_images: int = 5000  # 'auto': training images per candidate (the last auto_holdout of them held out)
+    auto_holdout: float = 0.2
+    candidates: tuple[int, ...] = ()  # 'auto': K_test values; (): multiples of 32 from K_train to 2 K_train
+    evaluate: bool = True  # top-1 on the validation split at K_test, before and after
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every step needs: the options, the checkpoint's metadata, the data and the device."""
+    cfg: AdaptConfig
+    meta: dict
+    data: str
+    device: torch.device
+    dtype: torch.dtype | None
+    backend: str
+
+    def loader(self, k: int, mode: str = "test", training: bool = False, split: str = "train", batch_size: int = 0):
+        """Images at resolution ``k`` with ``mode``'s DA (test DA with the checkpoint's resize ratio); in stored
+        order unless ``training`` (shuffled, whole batches)."""
+        from .loaders import LoaderConfig, make_loader
+
+        spec = test_spec(self.meta, k) if mode == "test" else make_spec(mode, k)
+        c = LoaderConfig(batch_size=batch_size or self.cfg.batch_size, device=str(self.device), seed=self.cfg.seed,
+                         workers=self.cfg.workers, training=training)
+        return make_loader(self.backend, spec, self.data, split, c)
+
+    @property
+    def k_train(self) -> int:
+        return self.meta["train_res"]
+
+
+def adapt(cfg: AdaptConfig, log=print) -> dict:
+    """Adapt ``cfg.checkpoint`` to K_test and save it; returns the new checkpoint's 'adaptation' metadata."""
+    _check_options(cfg)
+    doc = checkpoint.load(cfg.checkpoint)
+    device = torch.device(_device(cfg))
+    job = _Job(cfg, doc["meta"], checkpoint_data(doc, cfg.data), device, amp_dtype(cfg.amp, device),
+               backend_for(cfg.backend, device))
+    model = model_from_checkpoint(doc, device)
+    tuned_modules(model, cfg.tune if cfg.method == "finetune" else "fc", cfg.bn_scope, job.k_train)  # fail early
+    t0 = time.perf_counter()
+    auto = None
+    if cfg.test_res is None:
+        k_test, auto = choose_k_test(model, job, log)
+    else:
+        k_test = check_res(cfg.test_res, job)
+    t_auto = time.perf_counter() - t0
+    before = _val_top1(model, job, k_test)
+    t1 = time.perf_counter()
+    info = adapt_at(model, job, k_test, log)
+    seconds = time.perf_counter() - t1
+    after = _val_top1(model, job, k_test)
+    if before is not None:
+        log(f"val top-1 at K_test={k_test}: {before:.2f}% before, {after:.2f}% after adaptation")
+    result = {"k_test": k_test, "method": cfg.method, "tune": cfg.tune, "bn_scope": cfg.bn_scope, "aug": cfg.aug,
+              "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": finetune_recipe(1, cfg.batch_size, cfg.lr).base_lr,
+              "data": str(job.data), "from": str(cfg.checkpoint), "seconds": seconds,
+              "seconds_auto": t_auto, "auto": auto,
+              "val_top1_before": before, "val_top1_after": after, **info}
+    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(f"{Path(cfg.checkpoint).stem}-adapted{k_test}.pt")
+    meta = job.meta
+    checkpoint.save(out, model, {**meta, "test_res": k_test, "git": checkpoint.git_revision(), "adaptation": result,
+                                 "preprocessing": {**meta["preprocessing"],
+                                                   "test": {"mode": "test", **asdict(test_spec(meta, k_test))}}})
+    log(f"adapted in {seconds:.1f} s; wrote {out}")
+    return {**result, "out": str(out)}
+
+
+def _check_options(cfg: AdaptConfig) -> None:
+    for name, value, allowed in (("--tune", cfg.tune, TUNE), ("--aug", cfg.aug, AUGS), ("--method", cfg.method, METHODS),
+                                 ("--bn-scope", cfg.bn_scope, BN_SCOPES)):
+        if value not in allowed:
+            raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+    if cfg.epochs < 1 or cfg.batch_size < 2:
+        raise UserError(f"expected --epochs >= 1 and --batch-size >= 2 (BN needs 2 images), got {cfg.epochs} and {cfg.batch_size}")
+    if cfg.test_res is not None and cfg.test_res <= 0:
+        raise UserError(f"--test-res must be a positive number of pixels (or 'auto'), got {cfg.test_res}")
+
+
+def check_res(k: int, job: _Job) -> int:
+    """``k``, after checking that the records are stored large enough for test DA at ``k`` (no upsampling
+    of images that were shrunk at conversion)."""
+    if k <= 0:
+        raise UserError(f"--test-res must be a positive number of pixels (or 'auto'), got {k}")
+    manifest = Path(job.data) / "manifest.json"
+    if not manifest.is_file():
+        return k
+    max_side = json.loads(manifest.read_text())["options"]["max_side"]
+    ratio = test_spec(job.meta, k).resize_ratio
+    need = k_test_image(k, ratio)
+    if need > max_side:
+        largest = int(max_side / ratio)
+        raise UserError(f"--test-res {k} resizes images to a short side of K_test^image = {need} px, but the records "
+                        f"in {job.data} were stored with --max-side {max_side} (long side); convert again with "
+                        f"--max-side {need} or more, or choose --test-res {largest} or less")
+    return k
+
+
+def _val_top1(model, job: _Job, k: int) -> float | None:
+    if not job.cfg.evaluate:
+        return None
+    try:
+        loader = job.loader(k, split="val", batch_size=min(job.cfg.batch_size, 256))
+    except UserError:  # no validation split
+        return None
+    return evaluate_loader(model, loader, Dist(device=job.device), job.dtype)[0]
+
+
+# --- One adaptation at K_test ---------------------------------------------------------------------------
+
+
+def adapt_at(model, job: _Job, k: int, log) -> dict:
+    """Adapt ``model`` in place at K_test = ``k`` with the configured method; returns what was done."""
+    cfg = job.cfg
+    if cfg.method == "frechet":
+        return {"frechet": fit_equalizer(model, job, k, log)}
+    tuned = tuned_modules(model, cfg.tune, cfg.bn_scope, k)
+    if cfg.tune == "bn-stats":
+        loader = job.loader(k)
+        reestimate_bn(model, tuned.values(), _limited((((x,), y) for x, y in loader), cfg.stats_images), job.dtype)
+        return {"tuned": list(tuned), "cached": False}
+    cached = _cache(model, tuned, job, k, log) if cfg.aug == "test" and cfg.cache else None
+    adaptation_mode(model, tuned.values())
+    if cached is not None:
+        tail, inputs, labels = cached
+        batches = lambda epoch: _shuffled(inputs, labels, cfg.batch_size, cfg.seed * 1009 + epoch)
+        steps = max(1, labels.shape[0] // cfg.batch_size)
+    else:
+        tail, loader = model, job.loader(k, cfg.aug, training=True)
+        steps = len(loader)
+
+        def batches(epoch):
+            loader.set_epoch(epoch)
+            return (((x,), y) for x, y in loader)
+    fit(tail, list(tuned.values()), batches, steps, job, log)
+    model.eval()
+    return {"tuned": list(tuned), "cached": cached is not None}
+
+
+def _limited(batches, limit=None):
+    """The first ``limit`` images (at least one batch) of a stream of (inputs, labels)."""
+    seen = 0
+    for inputs, labels in batches:
+        yield inputs, labels
+        seen += labels.shape[0]
+        if limit is not None and seen >= limit:
+            return
+
+
+def _cache(model, tuned, job: _Job, k: int, log, limit: int | None = None):
+    """(tail, inputs, labels): the frozen trunk's outputs that the tuned layers need, over the training set
+    (in stored order, the first ``limit`` images) with test DA at ``k``; None where they cannot be cached."""
+    split = split_at(model, tuned, k)
+    if split is None:
+        log("streaming through the trunk every epoch: torch.fx cannot cut this model before its tuned layers")
+        return None
+    head, tail = split
+    loader = job.loader(k)
+    n = min(limit or math.inf, len(loader) * loader.config.batch_size)
+    outs, labels = [], []
+    model.eval()
+    with torch.no_grad(), torch.autocast(job.device.type, dtype=job.dtype or torch.float32, enabled=job.dtype is not None):
+        for x, y in _limited(loader, limit):
+            outs.append(head(x))
+            labels.append(y)
+            if len(outs) == 1:
+                mib = sum(t.nelement() * t.element_size() for t in outs[0]) / y.shape[0] * n / 2 ** 20
+                if mib > job.cfg.cache_mib:
+                    log(f"streaming through the trunk every epoch: caching it would take {mib:.0f} MiB "
+                        f"> --cache-mib {job.cfg.cache_mib}")
+                    return None
+    inputs = tuple(torch.cat(parts)[:n] for parts in zip(*outs))
+    log(f"cached the frozen trunk's output for {inputs[0].shape[0]} images at K_test={k} "
+        f"({sum(t.nelement() * t.element_size() for t in inputs) / 2 ** 20:.0f} MiB)")
+    return tail, inputs, torch.cat(labels)[:n]
+
+
+def _shuffled(inputs, labels, batch_size: int, seed: int):
+    """Shuffled whole batches of cached tensors (a partial last batch is dropped, as a training loader does)."""
+    n = labels.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(labels.device)
+    bs = min(batch_size, n)
+    for s in range(0, n - bs + 1, bs):
+        idx = order[s:s + bs]
+        yield tuple(t[idx] for t in inputs), labels[idx]
+
+
+def fit(tail, modules, batches, steps: int, job: _Job, log) -> None:
+    """SGD on the tuned ``modules`` through ``tail(*inputs)``, with the paper's fine-tuning recipe."""
+    cfg = job.cfg
+    recipe = finetune_recipe(cfg.epochs, cfg.batch_size, cfg.lr)
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=recipe.base_lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    scaler = torch.amp.GradScaler(job.device.type) if job.dtype == torch.float16 else None
+    for epoch in range(recipe.epochs):
+        total, n = torch.zeros((), device=job.device), 0
+        for i, (inputs, labels) in enumerate(batches(epoch)):
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at(recipe, epoch + i / steps)
+            with torch.autocast(job.device.type, dtype=job.dtype or torch.float32, enabled=job.dtype is not None):
+                loss = F.cross_entropy(tail(*inputs), labels)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            total += loss.detach()
+            n += 1
+        log(f"adapt epoch {epoch}: loss {total.item() / max(n, 1):.4f}, lr {lr_at(recipe, epoch):.2e}")
+
+
+@torch.no_grad()
+def reestimate_bn(tail, bns, batches, dtype=None) -> None:
+    """Replace the running statistics of ``bns`` by their averages over ``batches`` (no labels, no gradients)."""
+    adaptation_mode(tail, [])
+    saved = {}
+    for bn in bns:
+        saved[bn] = bn.momentum
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the pass
+        bn.train()
+    try:
+        for inputs, _ in batches:
+            with torch.autocast(inputs[0].device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                tail(*inputs)
+    finally:
+        for bn, momentum in saved.items():
+            bn.momentum = momentum
+        tail.eval()
+
+
+# --- The Fréchet equalisation (Appendix A.1) -----------------------------------------------------------
+
+
+def fit_equalizer(model, job: _Job, k: int, log, limit: int | None = None) -> dict:
+    """Fit the pooled activations' Fréchet law at K_train and at ``k`` on training images (test DA) and
+    attach the affine map between them before the classifier; returns its parameters."""
+    limit = limit or job.cfg.stats_images
+    ref = frechet.fit_frechet(pooled_features(model, job.loader(job.k_train), limit)[0].numpy())
+    observed = frechet.fit_frechet(pooled_features(model, job.loader(k), limit)[0].numpy())
+    scale, shift = frechet.equalizer(ref, observed)
+    frechet.attach(classifier(model), scale, shift)
+    log(f"Fréchet fit (xi={frechet.XI}): mu, sigma = {ref[0]:.4f}, {ref[1]:.4f} at K_train={job.k_train}; "
+        f"{observed[0]:.4f}, {observed[1]:.4f} at K_test={k}; map x -> {scale:.4f} x + {shift:+.4f}")
+    return {"xi": frechet.XI, "reference": ref, "observed": observed, "scale": scale, "shift": shift}
+
+
+@torch.no_grad()
+def pooled_features(model, loader, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(classifier inputs (N, C) on the CPU, labels): the vectors after global pooling."""
+    feats, labels = [], []
+    hook = classifier(model).register_forward_pre_hook(lambda m, args: feats.append(args[0].float().cpu()))
+    model.eval()
+    try:
+        for (x,), y in _limited((((x,), y) for x, y in loader), limit):
+            model(x)
+            labels.append(y.cpu())
+    finally:
+        hook.remove()
+    n = min(limit or math.inf, sum(len(y) for y in labels))
+    return torch.cat(feats)[:n], torch.cat(labels)[:n]
+
+
+# --- --test-res auto ---------------------------------------------------------------------------------
+
+
+def candidates(job: _Job) -> list[int]:
+    """Multiples of 32 from K_train (rounded down) to 2 K_train that the stored records allow."""
+    k_train = job.k_train
+    ks = job.cfg.candidates or tuple(range(max(STEP, k_train // STEP * STEP), 2 * k_train + 1, STEP))
+    allowed = []
+    for k in ks:
+        try:
+            allowed.append(check_res(k, job))
+        except UserError:
+            pass
+    if not allowed:
+        raise UserError(f"no candidate test resolution ({', '.join(map(str, ks))}) fits the stored records: "
+                        "convert with a larger --max-side, or give --test-res")
+    return allowed
+
+
+def choose_k_test(model, job: _Job, log) -> tuple[int, dict]:
+    """Adapt at each candidate on the first images of a training slice, measure top-1 on the rest, keep the best."""
+    cfg, state = job.cfg, copy.deepcopy(model.state_dict())
+    n_fit = int(cfg.auto_images * (1 - cfg.auto_holdout))
+    top1 = {}
+    for k in candidates(job):
+        top1[k] = _held_out_top1(model, job, k, n_fit, log)
+        model.load_state_dict(state)
+        classifier(model)._forward_pre_hooks.clear()  # a Fréchet map attached by the trial
+        log(f"auto: K_test={k}: top-1 {top1[k]:.2f}% on the {cfg.auto_images - n_fit} held-out training images")
+    best = max(top1, key=top1.get)
+    area = job.meta["preprocessing"]["train"].get("area_range", AREA_RANGE)
+    ratio = test_spec(job.meta, best).resize_ratio
+    eq5 = suggest_k_test(job.k_train, ratio, tuple(area), STEP)
+    log(f"auto: K_test = {best} (best on the held-out slice); Eq. 5 predicts {eq5} "
+        f"(calibrated {k_test_calibrated(job.k_train, ratio, tuple(area)):.1f}, rounded to a multiple of {STEP})")
+    return best, {"top1": top1, "chosen": best, "eq5": eq5, "images": cfg.auto_images, "held_out": cfg.auto_images - n_fit}
+
+
+def _held_out_top1(model, job: _Job, k: int, n_fit: int, log) -> float:
+    cfg = job.cfg
+    if cfg.method == "frechet":
+        fit_equalizer(model, job, k, log, limit=n_fit)
+        x, y = pooled_features(model, job.loader(k), cfg.auto_images)
+        return _top1(classifier(model), (x[n_fit:].to(job.device),), y[n_fit:].to(job.device))
+    tuned = tuned_modules(model, cfg.tune, cfg.bn_scope, k)
+    cached = _cache(model, tuned, job, k, log, limit=cfg.auto_images)
+    if cached is None:
+        raise UserError("--test-res auto needs the tuned layers' inputs cached (a model torch.fx can trace, and "
+                        "--cache-mib large enough for --auto-images); give --test-res instead")
+    tail, inputs, labels = cached
+    fit_part = tuple(t[:n_fit] for t in inputs), labels[:n_fit]
+    if cfg.tune == "bn-stats":
+        reestimate_bn(tail, tuned.values(), _shuffled(*fit_part, cfg.batch_size, cfg.seed), job.dtype)
+    else:
+        adaptation_mode(model, tuned.values())
+        fit(tail, list(tuned.values()), lambda e: _shuffled(*fit_part, cfg.batch_size, cfg.seed * 1009 + e),
+            max(1, n_fit // cfg.batch_size), job, lambda *_: None)
+        model.eval()
+    return _top1(tail, tuple(t[n_fit:] for t in inputs), labels[n_fit:])
+
+
+@torch.no_grad()
+def _top1(tail, inputs, labels, batch_size: int = 256) -> float:
+    tail.eval()
+    hits = sum((tail(*(t[s:s + batch_size] for t in inputs)).argmax(1) == labels[s:s + batch_size]).sum().item()
+               for s in range(0, labels.shape[0], batch_size))
+    return 100 * hits / max(labels.shape[0], 1)

@@ -1,0 +1,173 @@
+"""FixRes adaptation and evaluation on CPU, on real Fashion-MNIST objects composited on real photos.
+
+A small CNN is trained once per session at K_train = 32 on 64-px composites (two seeds), then adapted.
+"""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fixres_fast import checkpoint
+from fixres_fast.adapt import AdaptConfig, adapt
+from fixres_fast.cli import main
+from fixres_fast.convert import ConvertConfig, convert
+from fixres_fast.errors import UserError
+from fixres_fast.evaluate import leave_one_out_std
+from fixres_fast.models import build_model, tuned_modules
+from fixres_fast.sampledata import composite_tree
+from fixres_fast.spec import Recipe
+from fixres_fast.train import TrainConfig, train
+
+SEEDS = (0, 1)
+CPU = dict(backend="torch", device="cpu", workers=2)
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="session")
+def composites(tmp_path_factory):
+    """Converted composites (3000 train, 1500 val, 64 px) and a fixres_cnn trained at 32 for each seed."""
+    root = tmp_path_factory.mktemp("composites")
+    composite_tree(root / "src", n_train=3000, n_val=1500, seed=0)
+    out = root / "out"
+    convert(ConvertConfig(layout="folder", src=str(root / "src"), out=str(out), workers=2), log=quiet)
+    runs = {}
+    for seed in SEEDS:
+        recipe = Recipe(epochs=6, batch_size=64, lr=0.1, schedule="cosine", warmup_epochs=1, weight_decay=5e-4, repeats=1)
+        train(TrainConfig(data=str(out), out=str(root / f"seed{seed}"), arch="fixres_cnn", res=32, recipe=recipe,
+                          seed=seed, **CPU), log=quiet)
+        runs[seed] = root / f"seed{seed}" / "last.pt"
+    return {"data": out, "runs": runs, "root": root}
+
+
+def adapted(composites, tmp_path, seed=0, **kw):
+    cfg = dict(checkpoint=str(composites["runs"][seed]), test_res=64, epochs=1, batch_size=64, lr=0.01,
+               evaluate=False, out=str(tmp_path / "adapted.pt"), **CPU)
+    result = adapt(AdaptConfig(**{**cfg, **kw}), log=quiet)
+    return result, checkpoint.load(result["out"])
+
+
+def changed_keys(before: dict, after: dict) -> set:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+@pytest.mark.parametrize("tune, scope, expected", [
+    ("fc", "last", {"fc.weight", "fc.bias"}),
+    ("bn+fc", "last", {"fc.weight", "fc.bias"} | {f"features.19.{p}" for p in
+                                                  ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}),
+    ("bn-stats", "last", {f"features.19.{p}" for p in ("running_mean", "running_var", "num_batches_tracked")}),
+    ("bn-stats", "all", {f"features.{i}.{p}" for i in range(1, 21, 3)
+                         for p in ("running_mean", "running_var", "num_batches_tracked")}),
+    ("last-stage", "last", {"fc.weight", "fc.bias"} | {f"features.{i}.{p}" for i in (15, 18) for p in ("weight",)}
+     | {f"features.{i}.{p}" for i in (16, 19) for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}),
+])
+def test_only_the_tuned_parameters_and_statistics_change(composites, tmp_path, tune, scope, expected):
+    before = checkpoint.load(composites["runs"][0])["model"]
+    result, doc = adapted(composites, tmp_path, tune=tune, bn_scope=scope, test_res=32)
+    assert changed_keys(before, doc["model"]) == expected
+    assert result["cached"] == (tune != "bn-stats")
+
+
+def test_streaming_matches_the_cached_path_in_what_it_changes(composites, tmp_path):
+    before = checkpoint.load(composites["runs"][0])["model"]
+    result, doc = adapted(composites, tmp_path, aug="test2", test_res=32)
+    assert not result["cached"]
+    assert changed_keys(before, doc["model"]) == {"fc.weight", "fc.bias"} | {
+        f"features.19.{p}" for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+
+
+def test_adapted_checkpoint_records_its_test_resolution_and_preprocessing(composites, tmp_path):
+    _, doc = adapted(composites, tmp_path)
+    meta = doc["meta"]
+    assert meta["test_res"] == 64 and meta["train_res"] == 32
+    assert meta["preprocessing"]["test"]["k_test"] == 64 and meta["preprocessing"]["test"]["mode"] == "test"
+    assert meta["adaptation"]["tune"] == "bn+fc" and meta["adaptation"]["data"] == str(composites["data"])
+    plain = build_model("fixres_cnn", 10)
+    plain.load_state_dict(doc["model"])  # still a plain state_dict
+
+
+def test_adapting_at_twice_the_train_resolution_beats_no_adaptation(composites, tmp_path):
+    """Paper, Table 5-6: at K_test = 2 K_train the unadapted accuracy has fallen and BN+fc fine-tuning
+    recovers part of it. Seen here: +2 to +4 points; the test asks for +1 on average and no loss per seed."""
+    gains = []
+    for seed in SEEDS:
+        result, _ = adapted(composites, tmp_path, seed=seed, epochs=10, evaluate=True)
+        gains.append(result["val_top1_after"] - result["val_top1_before"])
+        print(f"seed {seed}: {result['val_top1_before']:.2f} -> {result['val_top1_after']:.2f}")
+    assert min(gains) > -0.5 and sum(gains) / len(gains) >= 1.0, gains
+
+
+def test_auto_picks_a_candidate_and_reports_eq5(composites, tmp_path):
+    logs = []
+    result = adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), test_res=None, epochs=2, batch_size=64, lr=0.01,
+                               auto_images=1000, evaluate=False, out=str(tmp_path / "auto.pt"), **CPU), log=logs.append)
+    assert set(result["auto"]["top1"]) == {32, 64} and result["k_test"] in (32, 64)
+    assert result["auto"]["eq5"] == 32  # K_train / (F * 256/224) = 39.6 -> 32
+    assert any("Eq. 5 predicts 32" in line for line in logs)
+
+
+def test_frechet_method_attaches_an_equalisation_that_evaluate_applies(composites, tmp_path):
+    result, doc = adapted(composites, tmp_path, method="frechet", stats_images=1000)
+    eq = doc["meta"]["adaptation"]["frechet"]
+    assert eq["xi"] == 0.3 and eq["scale"] > 0 and eq["scale"] != 1
+    assert changed_keys(checkpoint.load(composites["runs"][0])["model"], doc["model"]) == set()
+
+
+def test_bad_inputs_get_clear_errors(composites, tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save(build_model("fixres_cnn", 10).state_dict(), plain)
+    with pytest.raises(UserError, match="no fixres-fast metadata"):
+        adapt(AdaptConfig(checkpoint=str(plain), test_res=64, **CPU))
+    for bad in (0, -32):
+        with pytest.raises(UserError, match="positive number of pixels"):
+            adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), test_res=bad, **CPU))
+    with pytest.raises(UserError, match=r"--max-side 585 or more.*--test-res 448 or less"):
+        adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), test_res=512, **CPU))
+
+
+def test_a_model_without_bn_fails_clearly_under_bn_fc(composites, tmp_path):
+    doc = checkpoint.load(composites["runs"][0])
+    vit = build_model("vit_tiny_patch16_224", 10)
+    path = tmp_path / "vit.pt"
+    checkpoint.save(path, vit, {**doc["meta"], "arch": "vit_tiny_patch16_224"})
+    result = CliRunner().invoke(main, ["adapt", "--checkpoint", str(path), "--test-res", "64", "--tune", "bn+fc",
+                                       "--data", str(composites["data"]),
+                                       "--backend", "torch", "--device", "cpu"])
+    assert result.exit_code == 1 and "no BatchNorm2d before its global pooling" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_tuned_modules_of_a_resnet_are_the_papers():
+    model = build_model("resnet18", 10)
+    assert list(tuned_modules(model, "bn+fc")) == ["layer4.1.bn2", "fc"]
+    stage = list(tuned_modules(model, "last-stage", res=64))
+    assert stage[0] == "layer4.0.conv1" and stage[-1] == "fc" and all(n.startswith("layer4") for n in stage[:-1])
+
+
+def test_leave_one_out_std_is_the_papers_definition():
+    correct = [1] * 50 + [0] * 50  # folds i % 10: every fold holds 5 hits out of 10
+    assert leave_one_out_std(correct) == 0.0
+    correct = [1] * 10 + [0] * 90  # fold f holds image f (a hit) and nine misses
+    assert leave_one_out_std(correct) == pytest.approx(0.0)
+    correct = [1 if i % 10 == 0 else 0 for i in range(100)]  # all hits in fold 0
+    accs = [100 * (0 if f == 0 else 10 / 90) for f in range(10)]
+    assert leave_one_out_std(correct) == pytest.approx(torch.tensor(accs, dtype=torch.float64).std(unbiased=False).item())
+
+
+def test_evaluate_cli_writes_both_curves_and_the_ensemble(composites, tmp_path):
+    base = composites["runs"][0]
+    adapted(composites, tmp_path)
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(base), "--checkpoint", str(tmp_path / "adapted.pt"),
+                                       "--res", "32,64", "--ensemble", "64,32", "--out", str(out),
+                                       "--backend", "torch", "--device", "cpu", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "evaluate.json").read_text())["rows"]
+    assert [(r["adapted_at"], r["res"]) for r in rows] == [(None, "32"), (None, "64"), (None, "64+32"),
+                                                            (64, "32"), (64, "64"), (64, "64+32")]
+    assert all(0 <= r["top1"] <= r["top5"] <= 100 and r["n"] == 1500 and r["top1_std"] >= 0 for r in rows)
+    assert (out / "evaluate.csv").read_text().count("\n") == 7
+    assert (out / "accuracy.png").stat().st_size > 10_000
