@@ -20,6 +20,6 @@ setup(
         "ffcv>=1.0.2",
         "nvidia-dali-cuda120>=2.0",
     ],
-    extras_require={"test": ["pytest>=8", "timm>=1.0"]},
+    extras_require={"test": ["pytest>=8", "timm>=1.0", "tensorboard>=2.15"], "tensorboard": ["tensorboard>=2.15"]},
     entry_points={"console_scripts": ["fixres-fast=fixres_fast.cli:main"]},
 )

@@ -32,8 +32,9 @@ from .errors import UserError
 from .evaluate import checkpoint_data, evaluate_loader, model_from_checkpoint, test_spec
 from .geometry import k_test_calibrated, suggest_k_test
 from .models import TUNE, adaptation_mode, classifier, split_at, tuned_modules
-from .spec import ADAPT_EPOCHS, AREA_RANGE, FINETUNE_LR_BATCH, finetune_recipe, k_test_image, make_spec
-from .train import _device, amp_dtype, lr_at
+from .spec import AREA_RANGE, FINETUNE_LR_BATCH, adapt_epochs, finetune_recipe, k_test_image, make_spec
+from .runtime import amp_dtype, resolve_device
+from .train import lr_at
 
 AUGS, METHODS, BN_SCOPES = ("test", "test2", "train"), ("finetune", "frechet"), ("last", "all")
 STEP = 32  # candidate test resolutions are multiples of this (Appendix B)
@@ -48,7 +49,7 @@ class AdaptConfig:
     bn_scope: str = "last"  # bn-stats: 'last' BN before pooling, or 'all'
     aug: str = "test"  # fine-tuning augmentation: test DA (paper), test2 (test DA2) or train DA
     method: str = "finetune"  # or 'frechet' (Appendix A.1)
-    epochs: int = ADAPT_EPOCHS  # the paper: 60
+    epochs: int | None = None  # None: the paper's 60 where the trunk is cached, else 10 (spec.adapt_epochs)
     batch_size: int = FINETUNE_LR_BATCH  # B (paper: 512)
     lr: float | None = None  # None: 0.008 * B / 512
     out: str | None = None  # None: CHECKPOINT-adaptedK.pt beside the checkpoint
@@ -95,7 +96,7 @@ def adapt(cfg: AdaptConfig, log=print) -> dict:
     """Adapt ``cfg.checkpoint`` to K_test and save it; returns the new checkpoint's 'adaptation' metadata."""
     _check_options(cfg)
     doc = checkpoint.load(cfg.checkpoint)
-    device = torch.device(_device(cfg))
+    device = resolve_device(cfg.device)
     job = _Job(cfg, doc["meta"], checkpoint_data(doc, cfg.data), device, amp_dtype(cfg.amp, device),
                backend_for(cfg.backend, device))
     model = model_from_checkpoint(doc, device)
@@ -115,7 +116,7 @@ def adapt(cfg: AdaptConfig, log=print) -> dict:
     if before is not None:
         log(f"val top-1 at K_test={k_test}: {before:.2f}% before, {after:.2f}% after adaptation")
     result = {"k_test": k_test, "method": cfg.method, "tune": cfg.tune, "bn_scope": cfg.bn_scope, "aug": cfg.aug,
-              "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": finetune_recipe(1, cfg.batch_size, cfg.lr).base_lr,
+              "batch_size": cfg.batch_size, "lr": finetune_recipe(1, cfg.batch_size, cfg.lr).base_lr,
               "data": str(job.data), "from": str(cfg.checkpoint), "seconds": seconds,
               "seconds_auto": t_auto, "auto": auto,
               "val_top1_before": before, "val_top1_after": after, **info}
@@ -133,7 +134,7 @@ def _check_options(cfg: AdaptConfig) -> None:
                                  ("--bn-scope", cfg.bn_scope, BN_SCOPES)):
         if value not in allowed:
             raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
-    if cfg.epochs < 1 or cfg.batch_size < 2:
+    if (cfg.epochs is not None and cfg.epochs < 1) or cfg.batch_size < 2:
         raise UserError(f"expected --epochs >= 1 and --batch-size >= 2 (BN needs 2 images), got {cfg.epochs} and {cfg.batch_size}")
     if cfg.test_res is not None and cfg.test_res <= 0:
         raise UserError(f"--test-res must be a positive number of pixels (or 'auto'), got {cfg.test_res}")
@@ -194,9 +195,10 @@ def adapt_at(model, job: _Job, k: int, log) -> dict:
         def batches(epoch):
             loader.set_epoch(epoch)
             return (((x,), y) for x, y in loader)
-    fit(tail, list(tuned.values()), batches, steps, job, log)
+    epochs = cfg.epochs or adapt_epochs(cached is not None)
+    fit(tail, list(tuned.values()), batches, steps, epochs, job, log)
     model.eval()
-    return {"tuned": list(tuned), "cached": cached is not None}
+    return {"tuned": list(tuned), "cached": cached is not None, "epochs": epochs}
 
 
 def _limited(batches, limit=None):
@@ -247,10 +249,10 @@ def _shuffled(inputs, labels, batch_size: int, seed: int):
         yield tuple(t[idx] for t in inputs), labels[idx]
 
 
-def fit(tail, modules, batches, steps: int, job: _Job, log) -> None:
-    """SGD on the tuned ``modules`` through ``tail(*inputs)``, with the paper's fine-tuning recipe."""
+def fit(tail, modules, batches, steps: int, epochs: int, job: _Job, log) -> None:
+    """SGD on the tuned ``modules`` through ``tail(*inputs)`` for ``epochs``, with the paper's fine-tuning recipe."""
     cfg = job.cfg
-    recipe = finetune_recipe(cfg.epochs, cfg.batch_size, cfg.lr)
+    recipe = finetune_recipe(epochs, cfg.batch_size, cfg.lr)
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=recipe.base_lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     scaler = torch.amp.GradScaler(job.device.type) if job.dtype == torch.float16 else None
@@ -382,7 +384,7 @@ def _held_out_top1(model, job: _Job, k: int, n_fit: int, log) -> float:
     else:
         adaptation_mode(model, tuned.values())
         fit(tail, list(tuned.values()), lambda e: _shuffled(*fit_part, cfg.batch_size, cfg.seed * 1009 + e),
-            max(1, n_fit // cfg.batch_size), job, lambda *_: None)
+            max(1, n_fit // cfg.batch_size), cfg.epochs or adapt_epochs(True), job, lambda *_: None)
         model.eval()
     return _top1(tail, tuple(t[n_fit:] for t in inputs), labels[n_fit:])
 

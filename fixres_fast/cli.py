@@ -7,7 +7,8 @@ import os
 import click
 
 from .errors import UserError
-from .spec import RESIZE_RATIO
+from .runtime import parse_resolutions
+from .spec import ADAPT_EPOCHS_STREAMED, FINETUNE_EPOCHS, FINETUNE_LR_BATCH, RESIZE_RATIO
 
 
 def user_errors(fn):
@@ -133,11 +134,19 @@ def verify_cmd(out, workers):
     verify(out, workers=workers or os.cpu_count())
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+def run_options(fn):
+    """--backend, --device, --amp and --workers, as every job that runs a model on records takes them."""
+    options = [
+        click.option("--backend", type=click.Choice(["auto", "dali", "ffcv", "torch"]), default="auto",
+                     help="Loader: auto is DALI on a GPU where installed, else FFCV where installed, else torch."),
+        click.option("--device", default="auto", help="cuda, cpu or auto (cuda when torch sees a GPU)."),
+        click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto",
+                     help="Mixed precision: auto is bf16 on a GPU that supports it, else off."),
+        click.option("--workers", default=0, help="Loader workers [default: all cores]."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
 
 @main.command(context_settings={"show_default": True})
@@ -167,6 +176,7 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--aug", type=click.Choice(["train", "test", "test2"]), default="train", help="Train DA (paper), or test DA / DA2.")
 @click.option("--eval-res", default="", help="Further test resolutions to evaluate after each epoch, e.g. 224,288.")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt.")
+@click.option("--tensorboard", is_flag=True, help="Also write each epoch's metrics as TensorBoard scalars in OUT/tensorboard.")
 @click.option("--seed", default=0)
 @click.option("--workers", default=0, help="Loader workers [default: all cores].")
 @user_errors
@@ -190,23 +200,39 @@ def train(gpus, compile_, eval_res, **opts):
         i = next(k for k, a in enumerate(args) if a == "--gpus" or a.startswith("--gpus="))
         relaunch_under_torchrun(gpus, args[:i] + args[i + (1 if "=" in args[i] else 2):])
     recipe = Recipe(**{f.name: opts.pop(f.name) for f in dataclasses.fields(Recipe)})
-    run(TrainConfig(recipe=recipe, compile=compile_, eval_res=_ints(eval_res), **opts))
+    run(TrainConfig(recipe=recipe, compile=compile_, eval_res=parse_resolutions(eval_res), **opts))
 
 
-@main.command()
-@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
-              help="Where the sample data set and its records go.")
+@main.command(context_settings={"show_default": True})
+@click.option("--out", default="runs/demo", type=click.Path(file_okay=False),
+              help="Where the sample data sets, records, checkpoints and results go.")
+@click.option("--k-train", default=32, help="Train resolution of the FixRes network.")
+@click.option("--k-test", default=64, help="Test resolution to adapt to (the composites' size).")
+@click.option("--images", "n_train", default=4000, help="Training images (half as many for validation).")
+@click.option("--epochs", default=8, help="Training epochs of each network.")
+@click.option("--adapt-epochs", type=int, default=None,
+              help=f"Fine-tuning epochs of the adaptation [default: the paper's {FINETUNE_EPOCHS}].")
+@click.option("--baseline/--no-baseline", default=True, help="Also train a network at --k-test, for comparison.")
 @click.option("--workers", default=0, help="Processes [default: all cores].")
+@click.option("--seed", default=0)
 @user_errors
-def demo(out, workers):
-    """Run the method end to end on a small data set of real photos that builds offline.
+def demo(n_train, **opts):
+    """Run the method end to end on small data sets that build offline (a few minutes on a CPU).
 
-    Today: build an ImageNet-shaped sample (real photos plus the bad files real data sets hold),
-    convert it to .beton and RecordIO, and read every record back through FFCV and DALI.
+    1. Converters: an ImageNet-shaped sample of real photos plus the bad files real data sets hold is
+    converted to .beton and RecordIO, and every record is read back through FFCV and DALI.
+
+    2. FixRes: on composites of real objects pasted at varied sizes on real photos, a small CNN is
+    trained at K_train, evaluated at several test resolutions, adapted at K_test (BN+fc fine-tuning,
+    test DA) and evaluated again, beside a network trained at K_test. Prints the table, and writes
+    OUT/summary.json and OUT/evaluate/accuracy.png (the paper's Fig. 5).
     """
+    from .demo import DemoConfig
     from .demo import demo as run
 
-    run(out, workers=workers)
+    if n_train < 100:
+        raise UserError(f"--images must be at least 100, got {n_train}")
+    run(DemoConfig(n_train=n_train, n_val=n_train // 2, **opts))
 
 
 @main.command(context_settings={"show_default": True})
@@ -227,7 +253,7 @@ def profile(res, out, **opts):
 
     Prints the times beside the paper's Table 7 ratios and fits b in cost ~ K^b (about 2).
     """
-    from .profile import ProfileConfig, parse_resolutions, report_lines, write_profile
+    from .profile import ProfileConfig, report_lines, write_profile
     from .profile import profile as run
 
     result = run(ProfileConfig(resolutions=parse_resolutions(res), **opts), log=click.echo)
@@ -295,6 +321,32 @@ def roc(resize_ratio, out, **opts):
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
+@analyze.command("activations", context_settings={"show_default": True})
+@click.option("--checkpoint", "checkpoints", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help="Repeatable: e.g. a checkpoint and its adapted version, drawn on one plot (Fig. 4).")
+@click.option("--res", default="64,128,224,448", help="Test resolutions K_test, comma-separated (the paper's Fig. 3).")
+@click.option("--split", default="val", help="Which split's images: val or train.")
+@click.option("--limit", default=5000, help="Images per checkpoint and K_test (the first of the split).")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="A conversion's OUT folder [default: the one each checkpoint was trained or adapted on].")
+@click.option("--out", default="runs/activations", type=click.Path(file_okay=False),
+              help="Where activations.csv, activations.json and activations.png go.")
+@click.option("--batch-size", default=100)
+@run_options
+@user_errors
+def activations(checkpoints, res, out, **opts):
+    """The distribution of the globally pooled activations (the classifier's input) at each test
+    resolution (Fig. 3), and before and after adaptation (Fig. 4): CDF plot, fraction of zeros and
+    fraction above 2. Resolutions the stored records are too small for are skipped with a warning."""
+    from .analysis.activations import ActivationsConfig, pooled_activations, report_lines, write_activations
+
+    cfg = ActivationsConfig(checkpoints=tuple(checkpoints), k_test=parse_resolutions(res), **opts)
+    result = pooled_activations(cfg, log=click.echo)
+    click.echo("\n".join(report_lines(result)))
+    paths = write_activations(result, out)
+    click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
 
 def _test_res(text: str) -> int | None:
     if text == "auto":
@@ -319,14 +371,13 @@ def _test_res(text: str) -> int | None:
               help="Fine-tuning DA: test DA (paper; the frozen trunk then runs once), test DA2, or train DA.")
 @click.option("--method", type=click.Choice(["finetune", "frechet"]), default="finetune",
               help="frechet: the supplement's equalisation of the pooled activations (Fréchet fit, xi = 0.3).")
-@click.option("--epochs", default=10, help="Fine-tuning epochs (paper: 60).")
-@click.option("--batch-size", default=512, help="B (paper: 512).")
+@click.option("--epochs", type=int, default=None,
+              help=f"Fine-tuning epochs [default: the paper's {FINETUNE_EPOCHS} where the frozen trunk is cached "
+                   f"(test DA: each epoch then costs only the tuned layers), else {ADAPT_EPOCHS_STREAMED}].")
+@click.option("--batch-size", default=FINETUNE_LR_BATCH, help="B (paper: 512).")
 @click.option("--lr", type=float, default=None, help="Learning rate [default: 0.008*B/512, the paper's]; x0.1 at half the epochs.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Adapted checkpoint [default: CHECKPOINT-adaptedK.pt].")
-@click.option("--backend", type=click.Choice(["auto", "dali", "ffcv", "torch"]), default="auto")
-@click.option("--device", default="auto", help="cuda, cpu or auto.")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto")
-@click.option("--workers", default=0, help="Loader workers [default: all cores].")
+@run_options
 @click.option("--seed", default=0)
 @click.option("--cache/--no-cache", default=True, help="With test DA, compute the frozen trunk once and cache its output.")
 @click.option("--cache-mib", default=4096, help="Largest cache; above it, stream through the trunk every epoch.")
@@ -353,17 +404,14 @@ def adapt(test_res, **opts):
 @click.option("--out", default="runs/evaluate", type=click.Path(file_okay=False),
               help="Where evaluate.csv, evaluate.json and accuracy.png go.")
 @click.option("--batch-size", default=100)
-@click.option("--backend", type=click.Choice(["auto", "dali", "ffcv", "torch"]), default="auto")
-@click.option("--device", default="auto", help="cuda, cpu or auto.")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto")
-@click.option("--workers", default=0, help="Loader workers [default: all cores].")
+@run_options
 @user_errors
 def evaluate_cmd(checkpoints, res, ensemble, out, **opts):
     """Top-1 and top-5 on the validation split at each test resolution (test DA), with the paper's
     10-fold leave-one-out standard deviation of top-1; --ensemble averages the softmax over resolutions."""
     from .evaluate import EvalConfig, evaluate, write_results
 
-    cfg = EvalConfig(checkpoints=tuple(checkpoints), res=_ints(res), ensemble=_ints(ensemble), **opts)
+    cfg = EvalConfig(checkpoints=tuple(checkpoints), res=parse_resolutions(res), ensemble=parse_resolutions(ensemble), **opts)
     paths = write_results(evaluate(cfg, log=click.echo), cfg, out)
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 

@@ -117,14 +117,14 @@ def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
     """One row per checkpoint and resolution (and per checkpoint for the ensemble)."""
     from .data import backend_for
     from .loaders import LoaderConfig, make_loader
-    from .train import _device, amp_dtype
+    from .runtime import amp_dtype, resolve_device
 
     if not cfg.checkpoints:
         raise UserError("expected at least one --checkpoint")
     bad = [k for k in (*cfg.res, *cfg.ensemble) if k <= 0]
     if bad:
         raise UserError(f"test resolutions must be positive numbers of pixels, got {bad}")
-    device = torch.device(_device(cfg))
+    device = resolve_device(cfg.device)
     dtype, backend = amp_dtype(cfg.amp, device), backend_for(cfg.backend, device)
     loader_cfg = LoaderConfig(batch_size=cfg.batch_size, device=str(device), workers=cfg.workers, training=False)
     rows = []

@@ -87,13 +87,19 @@ def execution_order(model: nn.Module, res: int = 224) -> list[tuple[str, nn.Modu
     return order
 
 
+SHORTCUTS = ("downsample", "shortcut", "skip")  # module names torchvision and timm give a residual's projection
+
+
 def last_bn_before_pool(model: nn.Module) -> tuple[str, nn.BatchNorm2d]:
-    """(name, module) of the last 2-d BatchNorm that runs before global pooling and the classifier."""
+    """(name, module) of the last 2-d BatchNorm of the main path that runs before global pooling and the
+    classifier (ResNet: ``layer4[-1].bn3``). A residual block runs its shortcut's projection after its main
+    path, so where the last block has one (a single-block last stage), its BN is passed over."""
     bns = [(n, m) for n, m in execution_order(model) if isinstance(m, nn.BatchNorm2d)]
     if not bns:
         raise UserError(f"{type(model).__name__} has no BatchNorm2d before its global pooling, so there is no "
                         "last BN to adapt; adapt the classifier alone for this model")
-    return bns[-1]
+    main = [(n, m) for n, m in bns if not set(n.split(".")) & set(SHORTCUTS)]
+    return (main or bns)[-1]
 
 
 # --- What adaptation tunes, and the frozen trunk cut off from it --------------------------------------

@@ -32,11 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .runtime import AMP, DEVICES, amp_dtype, parse_resolutions, resolve_device  # noqa: F401 (parse_resolutions: re-exported)
 from .models import adaptation_mode as _adaptation_mode  # the same freezing as `fixres-fast adapt`
 from .models import build_model, classifier, last_bn_before_pool
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
-DEVICES = ("auto", "cuda", "cpu")
 
 #: Table 7 of the paper: ResNet-50 on one GPU, mean ms per batch ("± std" left out). Training at
 #: K_train = K_test with batches of 32; fine-tuning (last BN + classifier at K_test) with batches of 64.
@@ -64,8 +63,8 @@ class ProfileConfig:
         if bad or len(set(self.resolutions)) < 2:
             raise UserError(f"expected at least two distinct positive resolutions in pixels (e.g. 64,128,224), "
                             f"got {','.join(map(str, self.resolutions))}")
-        if self.amp not in AMP_DTYPES:
-            raise UserError(f"unknown amp mode {self.amp!r}; choose one of {', '.join(AMP_DTYPES)}")
+        if self.amp not in AMP:
+            raise UserError(f"unknown amp mode {self.amp!r}; choose one of {', '.join(AMP)}")
         if self.device not in DEVICES:
             raise UserError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         for name in ("batch_size", "repeats", "num_classes"):
@@ -73,15 +72,6 @@ class ProfileConfig:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise UserError(f"warmup must be 0 or more iterations, got {self.warmup}")
-
-
-def parse_resolutions(text: str) -> tuple[int, ...]:
-    """'64,128,224' -> (64, 128, 224), with a message a user can act on for anything else."""
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise UserError(f"expected comma-separated resolutions in pixels such as 64,128,224, got {text!r}") from None
-    return tuple(sorted(set(values)))
 
 
 @dataclass(frozen=True)
@@ -130,14 +120,6 @@ def fit_exponent(resolutions, costs) -> float:
     return float(np.polyfit(np.log(resolutions), np.log(costs), 1)[0])
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu")
-    return torch.device(name)
-
-
 def profile(cfg: ProfileConfig, log=lambda line: None) -> ProfileResult:
     """Measure every phase at every resolution of ``cfg`` (smallest first)."""
     device = resolve_device(cfg.device)
@@ -175,7 +157,7 @@ def _profile_resolution(model, adapted, res: int, cfg: ProfileConfig, device) ->
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(cfg.num_classes, (cfg.batch_size,), device=device)
-    dtype, measure = AMP_DTYPES[cfg.amp], _clock(device)
+    dtype, measure = amp_dtype(cfg.amp, device), _clock(device)
     try:
         model.requires_grad_(True).train()
         (train_f, train_b), train_peak = _phase(lambda: _train_step(model, x, y, dtype, measure), cfg, device)

@@ -25,9 +25,9 @@ from .distributed import Dist, all_sum, barrier, setup, teardown
 from .errors import UserError
 from .evaluate import evaluate_loader
 from .models import build_model
+from .runtime import amp_dtype, resolve_device
 from .spec import IMAGENET_MEAN, IMAGENET_STD, Recipe, TestDA, make_spec
 
-AMP = ("auto", "bf16", "fp16", "off")
 CHECK_EVERY = 20  # steps between checks of the loss and of stop requests (each costs a device sync)
 
 
@@ -47,15 +47,7 @@ class TrainConfig:
     resume: bool = False
     seed: int = 0
     workers: int = 0
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp not in AMP:
-        raise UserError(f"unknown --amp {amp!r}; choose one of {', '.join(AMP)}")
-    if amp == "auto":
-        ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if ok else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+    tensorboard: bool = False  # also write each epoch's metrics as TensorBoard scalars under OUT/tensorboard
 
 
 def lr_at(recipe: Recipe, epoch: float) -> float:
@@ -108,14 +100,6 @@ class _StopRequest:
             signal.signal(s, h)
 
 
-def _device(cfg: TrainConfig) -> str:
-    if cfg.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
-    return cfg.device
-
-
 def _check(cfg: TrainConfig, d: Dist) -> None:
     r = cfg.recipe
     if cfg.res <= 0 or any(x <= 0 for x in cfg.eval_res):
@@ -141,7 +125,7 @@ def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict) ->
 
 def train(cfg: TrainConfig, log=print) -> dict:
     """Train; returns the last epoch's metrics. Run as is, or under torchrun for several processes."""
-    d = setup(_device(cfg))
+    d = setup(str(resolve_device(cfg.device)))
     try:
         return _train(cfg, d, log if d.main else (lambda *_: None))
     finally:
@@ -183,6 +167,14 @@ def _loaders(cfg: TrainConfig, d: Dist) -> dict:
     return loaders
 
 
+def _tensorboard(logdir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(logdir))
+
+
 class _Run:
     """One process's training state: model (and its DDP / compiled wrapper), optimizer, AMP, progress."""
 
@@ -208,6 +200,7 @@ class _Run:
         if cfg.compile:
             self.net = torch.compile(self.net)
         self.stop = _StopRequest()
+        self.board = _tensorboard(self.out / "tensorboard") if cfg.tensorboard and d.main else None
 
     def epoch(self, loader, epoch: int) -> dict | None:
         """Train one epoch; returns {'loss', 'img_s'}, or None when a stop was requested (checkpoint written)."""
@@ -265,6 +258,11 @@ class _Run:
                 checkpoint.save(self.out / "best.pt", self.model, metadata(self.cfg, self.classes, epoch, results))
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(results) + "\n")
+            if self.board is not None:
+                for name, value in results.items():
+                    if isinstance(value, (int, float)) and name != "epoch":
+                        self.board.add_scalar(name, value, epoch)
+                self.board.flush()
         self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items()))
         barrier(self.d)
 

@@ -1,6 +1,9 @@
 import pytest
 
 from fixres_fast.convert import ConvertConfig, convert
+from fixres_fast.sampledata import composite_tree
+from fixres_fast.spec import Recipe
+from fixres_fast.train import TrainConfig, train
 
 from . import imagesets
 
@@ -31,3 +34,26 @@ def ramp_records(tmp_path_factory):
     out = root / "out"
     convert(ConvertConfig(layout="folder", src=str(root / "src"), out=str(out), shards=2, workers=1), log=lambda *_: None)
     return out
+
+
+SEEDS = (0, 1)
+CPU = dict(backend="torch", device="cpu", workers=2)
+
+
+@pytest.fixture(scope="session")
+def composites(tmp_path_factory):
+    """Converted composites (3000 train, 1500 val, 64 px) and a fixres_cnn trained at 32 for each seed;
+    'small': another 400 train + 200 val composites, for tests of what adaptation does rather than how well."""
+    root = tmp_path_factory.mktemp("composites")
+    composite_tree(root / "src", n_train=3000, n_val=1500, seed=0)
+    composite_tree(root / "small-src", n_train=400, n_val=200, seed=1)
+    out, small = root / "out", root / "small"
+    for src, dst in ((root / "src", out), (root / "small-src", small)):
+        convert(ConvertConfig(layout="folder", src=str(src), out=str(dst), workers=2), log=lambda *_: None)
+    runs = {}
+    for seed in SEEDS:
+        recipe = Recipe(epochs=6, batch_size=64, lr=0.1, schedule="cosine", warmup_epochs=1, weight_decay=5e-4, repeats=1)
+        train(TrainConfig(data=str(out), out=str(root / f"seed{seed}"), arch="fixres_cnn", res=32, recipe=recipe,
+                          seed=seed, **CPU), log=lambda *_: None)
+        runs[seed] = root / f"seed{seed}" / "last.pt"
+    return {"data": out, "small": small, "runs": runs, "root": root}

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 from fixres_fast.cli import main
 
 COMMANDS = [[], ["demo"], ["convert"], ["convert", "imagenet"], ["convert", "inat"], ["convert", "herbarium"],
-            ["convert", "folder"], ["convert", "verify"]]
+            ["convert", "folder"], ["convert", "verify"], ["train"], ["adapt"], ["evaluate"], ["profile"],
+            ["analyze"], ["analyze", "scale"], ["analyze", "roc"], ["analyze", "activations"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)

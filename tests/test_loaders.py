@@ -1,5 +1,6 @@
 """Every backend against the spec, on real JPEGs: the batch contract, the RoC law (KS against torchvision),
 test DA pixel agreement, DA2's shift, RA copies, sharding, and bad input. CPU only; loaders are reused."""
+import contextlib
 import shutil
 
 import numpy as np
@@ -88,12 +89,15 @@ def test_repeated_augmentation_gives_distinct_copies(train_crops, backend):
 
 @pytest.fixture(scope="module")
 def test_batches(imagenet_records):
-    """Per backend: test DA at 224 over the converted photos (val, then train), exact epochs."""
+    """Per backend: test DA at 224 over the converted photos (val, then train), exact epochs. 'torch' is the
+    reference (full decode, reduced_decode=False); 'torch_reduced' the torch backend's default CPU path."""
     out = {}
-    for backend in BACKENDS:
+    for backend in BACKENDS + ("torch_reduced",):
         got = {}
         for split in ("val", "train"):
-            loader = make_loader(backend, make_spec("test", 224), imagenet_records["out"], split, batch_size=8, workers=2)
+            options = dict(reduced_decode=backend == "torch_reduced")
+            loader = make_loader(backend.split("_")[0], make_spec("test", 224), imagenet_records["out"], split,
+                                 batch_size=8, workers=2, **options)
             batches = list(loader)
             assert len(batches) == len(loader)
             got[split] = [torch.cat(t) for t in zip(*batches)]
@@ -122,6 +126,119 @@ def test_test_da_agrees_with_torchvision(test_batches, backend, mean_tol, max_to
     for split in ("val", "train"):
         diff = (pixels(test_batches[backend][split][0]) - pixels(test_batches["torch"][split][0])).abs()
         assert float(diff.mean()) < mean_tol and float(diff.max()) < max_tol, f"{backend} {split}"
+
+
+def test_torch_reduced_decode_batches_agree_with_reference(test_batches):
+    # the photos are stored at 512 px: test DA at 224 decodes them at 1/2 size
+    for split in ("val", "train"):
+        (ref, ref_labels), (got, labels) = test_batches["torch"][split], test_batches["torch_reduced"][split]
+        assert labels.tolist() == ref_labels.tolist()
+        diff = (pixels(got) - pixels(ref)).abs()
+        assert float(diff.mean()) < 1.5 and float(diff.flatten().quantile(0.99)) < 12, split
+
+
+# --- reduced-size DCT decoding (torch backend, CPU): the same boxes, nearly the same pixels -------------
+
+@contextlib.contextmanager
+def seeded(seed):
+    """torch's and numpy's global generators seeded with ``seed`` inside, restored after."""
+    state = np.random.get_state()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(state)
+
+
+def _reference_and_reduced(spec, photo, seed):
+    """The reference (full decode + pil_transform) and ReducedDecode on one photo, with the same random draws."""
+    from PIL import Image
+
+    from fixres_fast.loaders.torch import ReducedDecode, pil_transform
+
+    with seeded(seed):
+        ref = np.asarray(pil_transform(spec)(Image.open(photo).convert("RGB"))).astype(float)
+    im = Image.open(photo)
+    with seeded(seed):
+        got = np.asarray(ReducedDecode(spec)(im)).astype(float)
+    return ref, got, im.size
+
+
+@pytest.mark.parametrize("mode", ["test", "test2", "train"])
+def test_reduced_decode_agrees_with_full_decode(photos, mode):
+    from PIL import Image
+
+    from fixres_fast.loaders.torch import ReducedDecode
+
+    k = 224 if mode != "train" else 160
+    spec = make_spec(mode, k, **({} if mode == "test" else dict(jitter=0.0)))
+    diffs, reduced = [], 0
+    for j, photo in enumerate(photos):
+        for rep in range(3 if mode == "train" else 1):
+            seed = 10 * j + rep
+            with seeded(seed):
+                box = ReducedDecode(spec).box(Image.open(photo))
+            ref, got, size = _reference_and_reduced(spec, photo, seed)
+            if mode != "train":
+                assert size[0] < Image.open(photo).size[0]  # 512 px (and 1024 x 683) at 224: decoded at 1/2
+            if size != Image.open(photo).size:
+                reduced += 1
+                x0, y0, x1, y1 = box
+                assert min(x1 - x0, y1 - y0) >= 2 * k  # ...only where the box keeps >= K px
+            diffs.append(np.abs(got - ref))
+    assert reduced >= (len(diffs) // 3 if mode == "train" else len(diffs))
+    d = np.stack(diffs)
+    assert d.mean() < 1.5 and d.mean((1, 2, 3)).max() < 3.5 and np.percentile(d, 99) < 12, mode
+
+
+def test_reduced_decode_with_a_fixed_box_matches_torchvision_crop(photos):
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as F
+
+    from fixres_fast.loaders.torch import ReducedDecode
+
+    spec = make_spec("train", 128, jitter=0.0, flip=False)
+    for photo, (top, left, h, w) in zip(photos[:6], [(0, 0, 512, 512), (40, 17, 300, 260), (100, 90, 256, 384),
+                                                   (3, 5, 200, 150), (0, 0, 130, 140), (255, 1, 257, 511)]):
+        ref = np.asarray(F.resized_crop(Image.open(photo).convert("RGB"), top, left, h, w, [128, 128], antialias=True))
+        im = Image.open(photo)
+        got = np.asarray(ReducedDecode(spec)(im, box=(left, top, left + w, top + h)))
+        scale = 512 // im.size[0]
+        assert scale == (1 if min(h, w) < 256 else 2 if min(h, w) < 512 else 4)
+        diff = np.abs(got.astype(float) - ref)
+        if scale == 1:
+            assert diff.max() <= 1  # full decode: torchvision's crop and resize
+        else:
+            assert diff.mean() < 3 and np.percentile(diff, 99) < 15
+
+
+@pytest.mark.parametrize("k,scale", [(64, 4), (128, 2), (224, 2), (256, 1), (288, 1)])
+def test_reduced_decode_never_upsamples(photos, k, scale):
+    """Test DA resizes the short side to round(K * 256/224): a 512-px photo decodes at 1/2 only while that is
+    <= 256 (K <= 224), at 1/4 while <= 128; at 288 (short side 329) it decodes at full size."""
+    spec = make_spec("test", k)
+    photo = next(p for p in photos if p.stem.startswith("imagenet_00"))  # 512 x 512
+    ref, got, size = _reference_and_reduced(spec, photo, 0)
+    assert size == (512 // scale, 512 // scale)
+    assert 512 // scale >= spec.resize_short
+    if scale == 1:
+        assert np.abs(got - ref).max() <= 1  # the reference's pixels
+    else:
+        assert np.abs(got - ref).mean() < 3
+
+
+def test_reduction_rule():
+    from fixres_fast.loaders.torch import reduction
+
+    assert reduction(448, 448, 224, 224) == 2 and reduction(447.9, 448, 224, 224) == 1
+    assert reduction(512, 512, 128, 128) == 4 and reduction(2048, 1800, 224, 224) == 8 and reduction(100, 100, 224, 224) == 1
+    rng = np.random.default_rng(0)
+    for w, h, k in zip(rng.uniform(1, 3000, 500), rng.uniform(1, 3000, 500), rng.integers(16, 400, 500)):
+        s = reduction(w, h, k, k)
+        assert s == 1 or (w / s >= k and h / s >= k)  # never below K px once reduced
+        assert s == 8 or not (w / (2 * s) >= k and h / (2 * s) >= k)  # the largest such scale
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -176,7 +293,9 @@ def test_corrupt_record_is_named(damaged_records, backend):
         list(loader)
 
 
-@pytest.mark.parametrize("backend", ["dali", "torch"])
+# torch first: a DataLoader worker forked after DALI's file reader has run in this process can deadlock on a
+# lock one of DALI's threads held (DALI asks for no fork after it starts); one backend per process is safe
+@pytest.mark.parametrize("backend", ["torch", "dali"])
 def test_missing_file_in_a_folder_is_named(imagenet_records, tmp_path, backend):
     src = tmp_path / "tree"
     imagesets.imagenet_tree(src, bad=False)
@@ -189,7 +308,7 @@ def test_missing_file_in_a_folder_is_named(imagenet_records, tmp_path, backend):
 
 @pytest.mark.parametrize("kwargs,words", [
     (dict(backend="tf"), "choose one of dali, ffcv, torch"),
-    (dict(device="tpu"), "choose one of cpu, cuda"),
+    (dict(device="tpu"), "choose one of auto, cpu, cuda"),
     (dict(spec="train"), "mode train, test or test2"),
 ])
 def test_bad_choices_list_the_choices(imagenet_records, kwargs, words):

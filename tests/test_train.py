@@ -60,10 +60,30 @@ def test_amp_step_runs_forward_under_autocast_and_steps_once(dtype):
     assert torch.isfinite(loss) and all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
 
 
-def test_loss_falls(imagenet_records, tmp_path):
-    train(tiny(imagenet_records["out"], tmp_path, epochs=8, lr=0.01, res=64), log=quiet)
+def test_loss_falls_and_the_metrics_reach_tensorboard(imagenet_records, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny(imagenet_records["out"], tmp_path, epochs=8, lr=0.01, res=64, tensorboard=True), log=quiet)
     losses = [json.loads(line)["train_loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert min(losses[-2:]) < 0.6 * losses[0], losses
+    board = EventAccumulator(str(tmp_path / "tensorboard"))
+    board.Reload()
+    logged = board.Scalars("train_loss")
+    assert [e.step for e in logged] == list(range(8))
+    assert [e.value for e in logged] == pytest.approx(losses, rel=1e-5)
+    assert "top1@64" in board.Tags()["scalars"]
+
+
+def test_out_of_memory_names_the_batch_size_and_resolution(imagenet_records, tmp_path, monkeypatch):
+    """What a CUDA OOM inside a training step becomes (raised here by the step itself: no GPU in CI)."""
+    import fixres_fast.train as trainer
+
+    def oom(*_, **__):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer, "train_step", oom)
+    with pytest.raises(UserError, match=r"out of memory at --batch-size 8 \(8 per GPU\) and --res 64: lower one"):
+        train(tiny(imagenet_records["out"], tmp_path, epochs=1, res=64), log=quiet)
 
 
 def weights(path):

@@ -3,7 +3,10 @@
 In the same run it measures a torchvision/PIL baseline (ImageFolder-style: PIL decode + transforms v2 +
 ToTensor-style float conversion, in DataLoader workers) and a decode-only reference (a full libjpeg-turbo
 decode of the same JPEGs by PIL, no augmentation, in the same number of processes), and prints each
-backend's ratio to both. Quote the ratios: the machines are shared.
+backend's ratio to both. It also prints the decode floor: the same decode at libjpeg's smallest DCT
+scaling (1/8), which bounds what any reduced-size decode can gain on these files (entropy decoding is
+not scaled). Backend ``torch-full`` is the torch backend with ``reduced_decode=False`` (full decode).
+Quote the ratios: the machines are shared.
 
     python tools/bench_loaders.py OUT --split train --images 256 --backends dali,ffcv,torch
     python tools/bench_loaders.py OUT --device cuda --backends torch   # nvJPEG path; imports no DALI/FFCV
@@ -72,16 +75,20 @@ def baseline_loader(spec, out, split, batch, workers):
 def _decode_chunk(args):
     from PIL import Image
 
-    out, split, indices = args
+    out, split, indices, scale = args
     src = open_source(out, split)
     for i in indices:
-        Image.open(io.BytesIO(src.read(i))).convert("RGB").load()
+        im = Image.open(io.BytesIO(src.read(i)))
+        if scale > 1:
+            im.draft(im.mode, (im.width // scale, im.height // scale))
+        im.convert("RGB").load()
     return len(indices)
 
 
-def decode_only(out, split, workers: int, repeats: int = 2) -> float:
+def decode_only(out, split, workers: int, repeats: int = 2, scale: int = 1) -> float:
+    """Images/s of a PIL decode of every record in ``workers`` processes, at 1/``scale`` size (libjpeg DCT scaling)."""
     n = len(open_source(out, split))
-    chunks = [(out, split, range(w, n, workers)) for w in range(workers)]
+    chunks = [(out, split, range(w, n, workers), scale) for w in range(workers)]
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_decode_chunk, chunks))  # warm-up
         best = 0.0
@@ -106,6 +113,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     ref = decode_only(a.out, a.split, a.workers)
     print(f"decode-only reference (PIL/libjpeg-turbo, full decode, {a.workers} processes): {ref:.0f} img/s")
+    floor = decode_only(a.out, a.split, a.workers, scale=8)
+    print(f"decode floor (the same at 1/8 size, libjpeg's smallest DCT scaling): {floor:.0f} img/s "
+          f"({floor / ref:.2f} x the full decode)")
     print(f"{'mode':<6}{'res':>5} {'backend':<12}{'img/s':>8} {'x torchvision':>14} {'x decode-only':>14}")
     for mode in a.modes.split(","):
         for res in map(int, a.res.split(",")):
@@ -113,8 +123,9 @@ def main(argv=None):
             base = images_per_s(baseline_loader(spec, a.out, a.split, a.batch, a.workers), a.epochs, "cpu")
             print(f"{mode:<6}{res:>5} {'torchvision':<12}{base:>8.0f} {1.0:>14.2f} {base / ref:>14.2f}", flush=True)
             for backend in a.backends.split(","):
-                loader = make_loader(backend, spec, a.out, a.split, batch_size=a.batch, device=a.device,
-                                     workers=a.workers, training=True)
+                loader = make_loader(backend.removesuffix("-full"), spec, a.out, a.split, batch_size=a.batch,
+                                     device=a.device, workers=a.workers, training=True,
+                                     reduced_decode=not backend.endswith("-full"))
                 ips = images_per_s(loader, a.epochs, a.device)
                 print(f"{mode:<6}{res:>5} {backend:<12}{ips:>8.0f} {ips / base:>14.2f} {ips / ref:>14.2f}", flush=True)
                 del loader

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from fixres_fast.models import build_model
+from fixres_fast.runtime import amp_dtype
 from fixres_fast.spec import TrainDA
-from fixres_fast.train import amp_dtype, train_step
+from fixres_fast.train import train_step
 
 
 def synthetic(batch: int, res: int, device: torch.device, classes: int):
@@ -80,6 +81,7 @@ def main() -> None:
     ap.add_argument("--backends", default="synthetic,torch,ffcv,dali")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (as `train --compile`)")
     args = ap.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     device = torch.device(args.device)
@@ -91,6 +93,8 @@ def main() -> None:
     rows = {}
     for res in resolutions:
         model = build_model(args.arch, 1000).to(device, memory_format=torch.channels_last)
+        if args.compile:
+            model = torch.compile(model)
         for feed_name in feeds:
             if feed_name == "synthetic":
                 feed = synthetic(args.batch_size, res, device, 1000)
@@ -103,7 +107,7 @@ def main() -> None:
 
 def report(rows, resolutions, feeds, args, device, dtype) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
-    print(f"\n{args.arch}, batch {args.batch_size}, channels_last, amp {dtype}, {name}; img/s "
+    print(f"\n{args.arch}{' (compiled)' * args.compile}, batch {args.batch_size}, channels_last, amp {dtype}, {name}; img/s "
           f"(ratio to synthetic: below ~0.9 means the loader limits training)")
     print("res  " + "".join(f"{f:>20s}" for f in feeds))
     for res in resolutions:
@@ -121,7 +125,7 @@ def report(rows, resolutions, feeds, args, device, dtype) -> None:
                 print(f"network cost at {top} / at {res}: {speedup:.2f}x (pixel ratio {(top / res) ** 2:.2f}x)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": name, "arch": args.arch, "batch": args.batch_size, "amp": str(dtype),
+            json.dump({"device": name, "arch": args.arch, "batch": args.batch_size, "amp": str(dtype), "compile": args.compile,
                        "img_s": {f"{r}/{b}": v for (r, b), v in rows.items()}}, f, indent=1)
 
 

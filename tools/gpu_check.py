@@ -6,6 +6,11 @@ There:           PYTHONPATH=. python3 tools/gpu_check.py run --out $OUT   (carry
 The GPU machine has torch, torchvision, timm, click and matplotlib but neither DALI nor FFCV, so the
 loader checks use the torch backend's nvJPEG path. Each part runs as its own process with a time
 limit; what each printed goes to OUT/<part>.log and a summary to OUT/gpu_check.json.
+
+Measured on an H200 on 2026-11-26 (docs/BENCHMARKS.md): env, loaders, train_throughput, profile_fp32,
+profile_bf16, train_e2e. Not yet measured, for the next lent device (about 8 minutes):
+    PYTHONPATH=. python3 tools/gpu_check.py run --out $OUT --only env,train_compiled,profile_bf16_b128,train_e2e,adapt_e2e
+(train_e2e trains the checkpoint that adapt_e2e adapts.)
 """
 from __future__ import annotations
 
@@ -68,9 +73,18 @@ def parts(out: Path) -> dict[str, list[str]]:
         "profile_bf16": [PY, "-m", "fixres_fast.cli", "profile", "--arch", "resnet50", "--res",
                          "64,128,160,224,288,384,448", "--batch-size", "32", "--device", "cuda", "--amp", "bf16",
                          "--channels-last", "--out", str(out / "profile_bf16")],
+        "train_compiled": [PY, "tools/bench_train.py", "--arch", "resnet50", "--res", "128,224", "--batch-size", "256",
+                           "--steps", "30", "--warmup", "15", "--device", "cuda", "--amp", "bf16", "--backends",
+                           "synthetic", "--compile", "--json", str(out / "train_compiled.json")],
+        "profile_bf16_b128": [PY, "-m", "fixres_fast.cli", "profile", "--arch", "resnet50", "--res",
+                              "64,128,224,288,448", "--batch-size", "128", "--device", "cuda", "--amp", "bf16",
+                              "--channels-last", "--out", str(out / "profile_bf16_b128")],
         "train_e2e": [PY, "-m", "fixres_fast.cli", "train", "--data", data, "--out", "/tmp/gpu_train", "--arch",
                       "resnet50", "--res", "160", "--epochs", "2", "--batch-size", "256", "--backend", "torch",
                       "--device", "cuda", "--amp", "bf16", "--eval-res", "224", "--workers", "8"],
+        "adapt_e2e": [PY, "-m", "fixres_fast.cli", "adapt", "--checkpoint", "/tmp/gpu_train/last.pt", "--test-res", "224",
+                      "--batch-size", "256", "--backend", "torch", "--device", "cuda", "--amp", "bf16", "--workers", "8",
+                      "--out", "/tmp/gpu_train/adapted224.pt"],
     }
 
 

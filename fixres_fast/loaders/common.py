@@ -12,11 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import runtime
 from ..errors import UserError
 from ..spec import EPOCH_FRACTION, IMAGENET_MEAN, IMAGENET_STD, TrainDA
 from .sampler import RASampler
-
-DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -30,24 +29,21 @@ class LoaderConfig:
     seed: int = 0
     workers: int = 0  # decoding threads or processes; 0: all cores
     training: bool | None = None  # shuffle + RA + drop last partial batch; None: only for train DA
+    #: torch backend on the CPU: draw the crop box on the full-size image (same law and draws as the
+    #: reference), then let libjpeg decode at 1/2, 1/4 or 1/8 size when the box still spans at least
+    #: K x K pixels there (so it never adds upsampling), and resize from that. Same boxes; pixels within a
+    #: few grey levels of the full decode. False: the reference (full decode + torchvision transforms).
+    reduced_decode: bool = True
 
     def is_training(self, spec) -> bool:
         return isinstance(spec, TrainDA) if self.training is None else self.training
 
 
 def resolve_device(device: str) -> torch.device:
-    """'cpu', 'cuda', 'cuda:N' or 'gpu' as a torch device; a clear error for anything else."""
-    name = "cuda" if device == "gpu" else str(device)
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in DEVICES:
-        raise UserError(f"unknown device {device!r}; choose one of cpu, cuda (or cuda:N, gpu)")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {device!r} asked for, but torch sees no CUDA GPU; use device='cpu'")
-        dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
+    """:func:`runtime.resolve_device`, with a CUDA device's index made explicit (DALI needs one)."""
+    dev = runtime.resolve_device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 

@@ -7,9 +7,12 @@ the crop boxes from :mod:`fixres_fast.geometry`. This module never imports DALI 
 from __future__ import annotations
 
 import io
+import math
+import weakref
 
 import numpy as np
 import torch
+from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader
 
 from .. import geometry
@@ -48,21 +51,123 @@ def pil_transform(spec):
     return v2.Compose(steps)
 
 
-class PILDataset(torch.utils.data.Dataset):
-    """Record i -> (HWC uint8 pixels, label, i, decoded ok). A failed decode is flagged, never passed as pixels."""
+#: libjpeg's DCT scalings that PIL's ``draft`` offers: decode at 1/8, 1/4, 1/2 or full size.
+SCALES = (8, 4, 2, 1)
+#: Where libjpeg's scaled IDCT does the whole downscale (the box is exactly K x K once reduced, as test DA
+#: at 224 on a 512-px image), PIL's resize degenerates to a copy and the reference's antialias blur
+#: (bilinear taps 1, 3, 3, 1 / 8 at scale 2) is missing: this 3 x 3 kernel, (0.1, 0.8, 0.1) on each axis,
+#: stands in for it. On the test photos it brings the mean difference to the reference from ~2.9 grey
+#: levels to ~1.1; where a resize by more than 1 follows, the resize's own filter already matches better.
+IDCT_BLUR = ImageFilter.Kernel((3, 3), [0.01, 0.08, 0.01, 0.08, 0.64, 0.08, 0.01, 0.08, 0.01], scale=1)
 
-    def __init__(self, source, spec):
-        self.source, self.transform, self.size = source, pil_transform(spec), spec.size
+
+def reduction(region_w: float, region_h: float, out_w: int, out_h: int) -> int:
+    """The largest libjpeg scale-down s in :data:`SCALES` whose reduced region is still at least the
+    output size (``region / s >= out`` on both axes): the reduction never adds upsampling."""
+    for s in SCALES:
+        if region_w >= s * out_w and region_h >= s * out_h:
+            return s
+    return 1
+
+
+def draft(im, scale: int) -> int:
+    """Ask PIL (lazily opened, not yet decoded) to decode at 1/``scale``; the scale it will use (1 if it can't).
+
+    libjpeg's reduced output pixel j covers input pixels [j*s, (j+1)*s): coordinates map by x / s."""
+    if scale == 1:
+        return 1
+    width, height = im.size
+    got = im.draft(im.mode, (width // scale, height // scale))  # PIL picks the largest s with size // s >= asked
+    return 1 if got is None else int(round(width / got[1][2]))
+
+
+class ReducedDecode:
+    """The spec's crop and resize with reduced-size DCT decoding (``LoaderConfig.reduced_decode``).
+
+    The box is drawn on the full-size image (the JPEG header gives its size; nothing is decoded yet)
+    with the reference's own law and random draws (torchvision's ``RandomResizedCrop.make_params``;
+    test DA's resize-then-centre-crop window; test DA2's shifted window, drawn as :class:`DA2Crop`
+    draws it). Then libjpeg decodes at the largest 1/s (s in 8, 4, 2, 1) at which that box still
+    spans at least K x K pixels, and PIL's antialiased bilinear resize maps the box (divided by s)
+    to K x K. Flip and colour jitter are the reference's modules, in its order. With s = 1 the
+    output is the reference's; with s > 1 libjpeg's scaled IDCT does part of the downscaling (a few
+    grey levels from the reference, on a few pixels; tests/test_loaders.py bounds it).
+    """
+
+    def __init__(self, spec):
+        from torchvision.transforms import v2
+
+        self.spec, self.k = spec, spec.size
+        ref = pil_transform(spec).transforms
+        self.train = isinstance(spec, TrainDA)
+        self.rrc = ref[0] if self.train else None
+        rest = ref[1:] if self.train else ref[2:]  # flip, jitter
+        self.rest = v2.Compose(rest) if rest else (lambda img: img)
+        self.lo_hi = geometry.da2_position_range(spec.shift) if isinstance(spec, TestDA2) else None
+
+    def box(self, im):
+        """(x0, y0, x1, y1) in ``im``'s full-size pixels: the region that becomes the K x K output."""
+        k, (width, height) = self.k, im.size
+        if self.train:
+            p = self.rrc.make_params([im])  # reads only im.size
+            return p["left"], p["top"], p["left"] + p["width"], p["top"] + p["height"]
+        # geometry's plain-Python functions: numba's compiled ones can deadlock in a forked DataLoader worker
+        rh, rw = _py(geometry.resized_size)(height, width, self.spec.resize_short)
+        top = _py(geometry.centre_left)(rh, k)
+        left = (_py(geometry.centre_left)(rw, k) if self.lo_hi is None
+                else _py(geometry.da2_left)(rw - k, np.random.uniform(*self.lo_hi)))
+        sx, sy = width / rw, height / rh
+        return left * sx, top * sy, (left + k) * sx, (top + k) * sy
+
+    def __call__(self, im, box=None):
+        """``im``: a PIL image as ``Image.open`` returns it (not yet decoded); ``box``: (x0, y0, x1, y1)
+        in its full-size pixels, or None to draw it (:meth:`box`). Returns the K x K RGB PIL image."""
+        x0, y0, x1, y1 = self.box(im) if box is None else box
+        s = draft(im, reduction(x1 - x0, y1 - y0, self.k, self.k))
+        img = im.convert("RGB")
+        if s > 1 and abs((x1 - x0) / s - self.k) < 1e-6 and abs((y1 - y0) / s - self.k) < 1e-6:
+            img = img.filter(IDCT_BLUR)  # libjpeg did the whole downscale: the resize below only copies
+        # train DA: torchvision crops, then resizes; test DA resizes the whole image, then crops
+        return self.rest(resize_box(img, (x0 / s, y0 / s, x1 / s, y1 / s), self.k, crop_first=self.train))
+
+
+def _py(fn):
+    """The plain-Python body of a numba-compiled function (the function itself where numba is absent)."""
+    return getattr(fn, "py_func", fn)
+
+
+def resize_box(im, box, k: int, crop_first: bool):
+    """``box`` (float, in ``im``'s pixels) resized to k x k with PIL's antialiased bilinear filter.
+
+    ``crop_first``: cut the box out first (its integer hull), so the filter stops at the box's edges as
+    torchvision's crop-then-resize does; otherwise the filter reads the pixels around it, as resizing
+    the whole image and then cropping does."""
+    if crop_first:
+        x0, y0 = int(box[0]), int(box[1])
+        x1, y1 = min(im.width, math.ceil(box[2])), min(im.height, math.ceil(box[3]))
+        im = im.crop((x0, y0, x1, y1))
+        box = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
+    return im.resize((k, k), Image.Resampling.BILINEAR, box=box)
+
+
+class PILDataset(torch.utils.data.Dataset):
+    """Record i -> (HWC uint8 pixels, label, i, decoded ok). A failed decode is flagged, never passed as pixels.
+
+    ``reduced``: decode through :class:`ReducedDecode`; else the reference (:func:`pil_transform` on a full decode)."""
+
+    def __init__(self, source, spec, reduced: bool = False):
+        self.source, self.size = source, spec.size
+        self.reduced = ReducedDecode(spec) if reduced else None
+        self.transform = pil_transform(spec)
 
     def __len__(self):
         return len(self.source)
 
     def __getitem__(self, i):
-        from PIL import Image
-
         try:
             with Image.open(io.BytesIO(self.source.read(i))) as im:
-                pixels = np.asarray(self.transform(im.convert("RGB")))
+                out = self.reduced(im) if self.reduced is not None else self.transform(im.convert("RGB"))
+                pixels = np.asarray(out)
             return torch.from_numpy(pixels.copy()), self.source.labels[i], i, True
         except Exception:  # reported with the record's index and path by the main process
             return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), -1, i, False
@@ -84,7 +189,7 @@ class TorchLoader(BatchLoader):
     def __init__(self, spec, source, config: LoaderConfig):
         super().__init__(spec, source, config)
         cuda = self.device.type == "cuda"
-        dataset = (BytesDataset if cuda else PILDataset)(source, spec)
+        dataset = BytesDataset(source, spec) if cuda else PILDataset(source, spec, reduced=config.reduced_decode)
         n = workers(config)
         self.loader = DataLoader(dataset, batch_sampler=_Batches(self), num_workers=n, pin_memory=cuda,
                                  persistent_workers=n > 0, collate_fn=_collate_bytes if cuda else None,
@@ -100,10 +205,15 @@ class TorchLoader(BatchLoader):
 
 
 class _Batches:
-    """The loader's current epoch as a batch sampler (re-read at every iteration, so set_epoch applies)."""
+    """The loader's current epoch as a batch sampler (re-read at every iteration, so set_epoch applies).
+
+    It holds its owner weakly: a reference cycle would leave a dropped loader's persistent workers to
+    the cyclic garbage collector, and a DataLoader worker forked before that collection would inherit
+    the garbage and fail to stop workers that are not its own ('can only test a child process'); the
+    loaders' clean-up then also waited on those workers (minutes of idle time in `fixres-fast demo`)."""
 
     def __init__(self, owner: BatchLoader):
-        self.owner = owner
+        self.owner = weakref.proxy(owner)
 
     def __iter__(self):
         return iter([b.tolist() for b in self.owner.batches()])
