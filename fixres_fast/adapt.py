@@ -106,7 +106,7 @@ def adapt(cfg: AdaptConfig, log=print) -> dict:
     if cfg.test_res is None:
         k_test, auto = choose_k_test(model, job, log)
     else:
-        k_test = check_res(cfg.test_res, job)
+        k_test = check_res(cfg.test_res, job.data, job.meta)
     t_auto = time.perf_counter() - t0
     before = _val_top1(model, job, k_test)
     t1 = time.perf_counter()
@@ -140,21 +140,21 @@ def _check_options(cfg: AdaptConfig) -> None:
         raise UserError(f"--test-res must be a positive number of pixels (or 'auto'), got {cfg.test_res}")
 
 
-def check_res(k: int, job: _Job) -> int:
-    """``k``, after checking that the records are stored large enough for test DA at ``k`` (no upsampling
-    of images that were shrunk at conversion)."""
+def check_res(k: int, data: str, meta: dict) -> int:
+    """``k``, after checking that the records in ``data`` are stored large enough for test DA at ``k`` with
+    the resize ratio of the checkpoint ``meta`` describes (no upsampling of images shrunk at conversion)."""
     if k <= 0:
         raise UserError(f"--test-res must be a positive number of pixels (or 'auto'), got {k}")
-    manifest = Path(job.data) / "manifest.json"
+    manifest = Path(data) / "manifest.json"
     if not manifest.is_file():
         return k
     max_side = json.loads(manifest.read_text())["options"]["max_side"]
-    ratio = test_spec(job.meta, k).resize_ratio
+    ratio = test_spec(meta, k).resize_ratio
     need = k_test_image(k, ratio)
     if need > max_side:
         largest = int(max_side / ratio)
         raise UserError(f"--test-res {k} resizes images to a short side of K_test^image = {need} px, but the records "
-                        f"in {job.data} were stored with --max-side {max_side} (long side); convert again with "
+                        f"in {data} were stored with --max-side {max_side} (long side); convert again with "
                         f"--max-side {need} or more, or choose --test-res {largest} or less")
     return k
 
@@ -338,7 +338,7 @@ def candidates(job: _Job) -> list[int]:
     allowed = []
     for k in ks:
         try:
-            allowed.append(check_res(k, job))
+            allowed.append(check_res(k, job.data, job.meta))
         except UserError:
             pass
     if not allowed:

@@ -27,7 +27,6 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -107,7 +106,7 @@ def pooled_activations(cfg: ActivationsConfig, log=print) -> ActivationsResult:
         adapted = meta.get("adaptation") or {}
         for k_test in cfg.k_test:
             try:
-                check_res(k_test, SimpleNamespace(data=data, meta=meta))
+                check_res(k_test, data, meta)
             except UserError as e:
                 reason = str(e).replace("--test-res", "--res")
                 skipped.append({"checkpoint": str(path), "res": k_test, "reason": reason})
