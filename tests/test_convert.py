@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixres_fast.convert import ConvertConfig, convert, verify
+from fixres_fast.convert import ConvertConfig, beton, convert, verify
+from fixres_fast.convert.beton import BetonReader
 from fixres_fast.convert.recordio import read_records
 from fixres_fast.convert.verify import read_beton_labels, read_recordio_labels
 from fixres_fast.errors import UserError
@@ -212,6 +213,30 @@ def test_raw_write_mode_reads_back_through_ffcv(tmp_path, photos):
     assert verify(out, workers=1, log=quiet)["train"] == {"count": 3, "beton": "ok"}
     data, w, h, _ = beton_images(out / "train.beton")[0]
     assert (w, h) == (128, 128) and len(data) == 128 * 128 * 3
+    reader = BetonReader(out / "train.beton")
+    assert reader.is_raw(0) and bytes(reader.read(0)) == data
+
+
+def test_beton_dtypes_are_ffcvs():
+    from ffcv import types
+    from ffcv.fields import IntField, RGBImageField
+
+    assert (beton.HEADER, beton.FIELD_DESC, beton.ALLOC) == (types.HeaderType, types.FieldDescType, types.ALLOC_TABLE_TYPE)
+    assert beton.METADATA == types.get_metadata_type([RGBImageField(), IntField()])
+    assert beton.VERSION == types.CURRENT_VERSION
+    assert [types.TYPE_ID_HANDLER[t] for t in beton.TYPE_IDS] == [RGBImageField, IntField]
+
+
+def test_beton_reader_reads_what_ffcv_reads(imagenet_records, tmp_path):
+    path = imagenet_records["out"] / "train.beton"
+    reader = BetonReader(path)
+    got = [(bytes(reader.read(i)), int(reader.image["width"][i]), int(reader.image["height"][i]), int(reader.labels[i]))
+           for i in range(len(reader))]
+    assert got == beton_images(path) and not any(reader.is_raw(i) for i in range(len(reader)))
+    cut = tmp_path / "cut.beton"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size - 40])  # the allocation table loses its end
+    with pytest.raises(ValueError, match="truncated or damaged"):
+        BetonReader(cut)
 
 
 def test_max_side_warning(tmp_path, photos):

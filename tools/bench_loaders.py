@@ -10,11 +10,15 @@ Quote the ratios: the machines are shared.
 
     python tools/bench_loaders.py OUT --split train --images 256 --backends dali,ffcv,torch
     python tools/bench_loaders.py OUT --device cuda --backends torch   # nvJPEG path; imports no DALI/FFCV
+    python tools/bench_loaders.py RAW --backends ffcv,torch   # a `convert --format beton --write-mode raw` OUT
+
+On raw records (a .beton of pixels), every loader, the baseline included, reads the same pixels and
+skips decoding; the reference is then the read alone.
 """
 from __future__ import annotations
 
 import argparse
-import io
+import gc
 import os
 import sys
 import time
@@ -62,9 +66,7 @@ def baseline_loader(spec, out, split, batch, workers):
             return len(self.source)
 
         def __getitem__(self, i):
-            from PIL import Image
-
-            return self.tf(Image.open(io.BytesIO(self.source.read(i))).convert("RGB")), int(self.source.labels[i])
+            return self.tf(self.source.open_image(i).convert("RGB")), int(self.source.labels[i])
 
     dl = torch.utils.data.DataLoader(Baseline(), batch_size=batch, shuffle=True, num_workers=workers,
                                      persistent_workers=True, drop_last=False)
@@ -73,12 +75,10 @@ def baseline_loader(spec, out, split, batch, workers):
 
 
 def _decode_chunk(args):
-    from PIL import Image
-
     out, split, indices, scale = args
     src = open_source(out, split)
     for i in indices:
-        im = Image.open(io.BytesIO(src.read(i)))
+        im = src.open_image(i)
         if scale > 1:
             im.draft(im.mode, (im.width // scale, im.height // scale))
         im.convert("RGB").load()
@@ -112,10 +112,14 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     ref = decode_only(a.out, a.split, a.workers)
-    print(f"decode-only reference (PIL/libjpeg-turbo, full decode, {a.workers} processes): {ref:.0f} img/s")
-    floor = decode_only(a.out, a.split, a.workers, scale=8)
-    print(f"decode floor (the same at 1/8 size, libjpeg's smallest DCT scaling): {floor:.0f} img/s "
-          f"({floor / ref:.2f} x the full decode)")
+    if open_source(a.out, a.split).raw:
+        print(f"records hold raw pixels: no decode; read-only reference (PIL image of each record, "
+              f"{a.workers} processes): {ref:.0f} img/s")
+    else:
+        print(f"decode-only reference (PIL/libjpeg-turbo, full decode, {a.workers} processes): {ref:.0f} img/s")
+        floor = decode_only(a.out, a.split, a.workers, scale=8)
+        print(f"decode floor (the same at 1/8 size, libjpeg's smallest DCT scaling): {floor:.0f} img/s "
+              f"({floor / ref:.2f} x the full decode)")
     print(f"{'mode':<6}{'res':>5} {'backend':<12}{'img/s':>8} {'x torchvision':>14} {'x decode-only':>14}")
     for mode in a.modes.split(","):
         for res in map(int, a.res.split(",")):
@@ -129,6 +133,7 @@ def main(argv=None):
                 ips = images_per_s(loader, a.epochs, a.device)
                 print(f"{mode:<6}{res:>5} {backend:<12}{ips:>8.0f} {ips / base:>14.2f} {ips / ref:>14.2f}", flush=True)
                 del loader
+                gc.collect()  # a DALI pipeline left for a forked DataLoader worker to collect aborts that worker
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """DALI backend: one graph per mode, run on the GPU (mixed nvJPEG decoder) or on the CPU (device_id=None).
 
 The encoded images come in through ``fn.external_source`` from :class:`~.source.Records`
-(bytes straight out of the RecordIO shards at their ``.idx`` offsets) or :class:`~.source.Folder`
+(bytes straight out of the RecordIO shards at their ``.idx`` offsets, or out of a JPEG .beton) or :class:`~.source.Folder`
 (the files), in the order of :class:`~.sampler.RASampler`, so sharding and repeated augmentation
 follow the same law as the other backends and evaluation epochs end exactly, the last batch short.
 
@@ -22,6 +22,7 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from .. import geometry
+from ..errors import UserError
 from ..spec import TestDA2, TrainDA
 from .common import BatchLoader, LoaderConfig, to_batch, workers
 
@@ -109,6 +110,9 @@ def fixres_pipeline(feed, spec, decoder: str):
 
 class DALILoader(BatchLoader):
     def __init__(self, spec, source, config: LoaderConfig):
+        if source.raw:
+            raise UserError(f"{source.root} stores raw pixels (--write-mode raw); the dali backend decodes JPEG: "
+                            "use the ffcv or torch backend, or convert with --write-mode jpg")
         super().__init__(spec, source, config)
         cuda = self.device.type == "cuda"
         self.feed = _Feed(self)

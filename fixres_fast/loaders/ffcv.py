@@ -57,6 +57,17 @@ def box_function(spec):
     return Compiler.compile(box)
 
 
+_COMPILED: list = []
+
+
+def _imdecode():
+    """FFCV's libjpeg-turbo call, compiled for one loader (as FFCV's own decoders do) and kept for the life of
+    the process: numba's finalizer of a dropped one prints a KeyError. (One dispatcher shared by several
+    loaders is worse: the second loader's compilation fails with that KeyError.)"""
+    _COMPILED.append(Compiler.compile(imdecode))
+    return _COMPILED[-1]
+
+
 class FixResDecoder(ResizedCropRGBImageDecoder):
     """Decode + crop + resize (+ flip, + jitter) for train DA, test DA and test DA2."""
 
@@ -68,7 +79,7 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
 
     def generate_code(self):
         mem_read, my_range = self.memory_read, Compiler.get_iterator()
-        imdecode_c = Compiler.compile(imdecode)
+        imdecode_c = _imdecode()
         resample, flip_in_place, colour_jitter = kernels.resample, kernels.flip_in_place, kernels.colour_jitter
         box = box_function(self.spec)
         flip, jitter, sentinel = bool(getattr(self.spec, "flip", False)), float(getattr(self.spec, "jitter", 0.0)), SENTINEL

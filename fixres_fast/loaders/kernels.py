@@ -2,10 +2,13 @@
 
 :func:`resample` is PIL's antialiased bilinear resize (``Image.resize(..., BILINEAR)``, the
 filter torchvision uses on PIL images): a triangle filter widened by the downscale factor,
-taps clipped to the region being resized, a horizontal pass rounded to uint8, then a vertical
-pass. It resizes a region of the source into an output window, so both of the spec's orders
-are exact: train DA's crop-then-resize (region = the RoC, window offset 0) and test DA's
-resize-then-crop (region = the whole image, window offset = the crop's place in the resized image).
+taps clipped to the region being resized, one separable pass per axis. It resizes a region of
+the source into an output window, so both of the spec's orders are exact: train DA's
+crop-then-resize (region = the RoC, window offset 0) and test DA's resize-then-crop (region =
+the whole image, window offset = the crop's place in the resized image). PIL's filter weights,
+in float32 without rounding between the passes: within 1 grey level of PIL, and fast because
+both passes run over contiguous rows (the vertical pass writes its result transposed, so the
+horizontal pass is a vertical one too), which numba turns into SIMD loops.
 """
 from __future__ import annotations
 
@@ -23,45 +26,58 @@ def filter_taps(n_out, region_size, scale, offset):
     ksize = int(math.ceil(support)) * 2 + 1
     first = np.zeros(n_out, np.int64)
     count = np.zeros(n_out, np.int64)
-    weights = np.zeros((n_out, ksize), np.float64)
+    weights = np.zeros((n_out, ksize), np.float32)
     for i in range(n_out):
         center = (i + offset + 0.5) * scale
         lo = max(int(center - support + 0.5), 0)
         hi = min(int(center + support + 0.5), region_size)
         total = 0.0
         for x in range(lo, hi):
+            total += max(0.0, 1.0 - abs((x - center + 0.5) / filterscale))
+        for x in range(lo, hi):
             w = max(0.0, 1.0 - abs((x - center + 0.5) / filterscale))
-            weights[i, x - lo] = w
-            total += w
-        if total != 0.0:
-            weights[i, :hi - lo] /= total
+            weights[i, x - lo] = w / total if total != 0.0 else w
         first[i], count[i] = lo, hi - lo
     return first, count, weights
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def resample(src, top, left, height, width, scale_y, scale_x, off_y, off_x, dst):
-    """Resize src[top:top+height, left:left+width] by 1/scale and write the window starting at (off_y, off_x) to dst."""
+    """Resize src[top:top+height, left:left+width] by 1/scale and write the window starting at (off_y, off_x) to dst.
+
+    ``src``: C-contiguous HWC uint8; ``dst``: (out_h, out_w, 3) uint8."""
     out_h, out_w = dst.shape[0], dst.shape[1]
     fy, ny, wy = filter_taps(out_h, height, scale_y, off_y)
     fx, nx, wx = filter_taps(out_w, width, scale_x, off_x)
-    row_lo = fy[0]
-    row_hi = fy[out_h - 1] + ny[out_h - 1]
-    tmp = np.empty((row_hi - row_lo, out_w, 3), np.uint8)
-    for r in range(row_lo, row_hi):  # horizontal pass over the rows the vertical pass reads
-        for j in range(out_w):
-            for c in range(3):
-                acc = 0.0
-                for t in range(nx[j]):
-                    acc += wx[j, t] * src[top + r, left + fx[j] + t, c]
-                tmp[r - row_lo, j, c] = min(255.0, max(0.0, math.floor(acc + 0.5)))
+    col_lo = fx[0]
+    ncol = fx[out_w - 1] + nx[out_w - 1] - col_lo  # the source columns any output pixel reads
+    n = ncol * 3
+    rows = src.reshape(src.shape[0], src.shape[1] * 3)
+    base = (left + col_lo) * 3
+    acc = np.empty(n, np.float32)
+    tmp_t = np.empty((ncol, out_h * 3), np.float32)  # vertical pass result, transposed: [column, row * 3 + c]
     for i in range(out_h):
-        for j in range(out_w):
+        acc[:] = 0.0
+        for t in range(ny[i]):
+            w = wy[i, t]
+            row = rows[top + fy[i] + t, base:base + n]
+            for q in range(n):
+                acc[q] += w * np.float32(row[q])
+        for col in range(ncol):
             for c in range(3):
-                acc = 0.0
-                for t in range(ny[i]):
-                    acc += wy[i, t] * tmp[fy[i] + t - row_lo, j, c]
-                dst[i, j, c] = min(255.0, max(0.0, math.floor(acc + 0.5)))
+                tmp_t[col, i * 3 + c] = acc[col * 3 + c]
+    m = out_h * 3
+    col_out = np.empty(m, np.float32)
+    for j in range(out_w):
+        col_out[:] = 0.0
+        for t in range(nx[j]):
+            w = wx[j, t]
+            column = tmp_t[fx[j] - col_lo + t]
+            for q in range(m):
+                col_out[q] += w * column[q]
+        for i in range(out_h):
+            for c in range(3):
+                dst[i, j, c] = np.uint8(min(255.0, max(0.0, col_out[i * 3 + c] + 0.5)))
 
 
 @njit(cache=True)
@@ -73,25 +89,39 @@ def flip_in_place(img):
                 img[y, x, c], img[y, w - 1 - x, c] = img[y, w - 1 - x, c], img[y, x, c]
 
 
+@njit(cache=True, inline="always")
+def _blend(degenerate, x, f):
+    """PIL's ``Image.blend(degenerate, image, f)`` on one value: float32, truncated and clipped to uint8."""
+    v = np.float32(degenerate) + np.float32(f) * (np.float32(x) - np.float32(degenerate))
+    return np.uint8(0) if v <= 0 else (np.uint8(255) if v >= 255 else np.uint8(v))
+
+
+@njit(cache=True, inline="always")
+def _luma(r, g, b):
+    """PIL's RGB -> L conversion (ITU-R 601-2 luma, 16-bit fixed point, rounded)."""
+    return (np.int64(r) * 19595 + np.int64(g) * 38470 + np.int64(b) * 7471 + 0x8000) >> 16
+
+
 @njit(cache=True)
 def colour_jitter(img, strength):
-    """torchvision's ColorJitter(s, s, s) without hue, in place on HWC uint8: factors U(1-s, 1+s), random order."""
-    h, w = img.shape[0], img.shape[1]
+    """torchvision's ColorJitter(s, s, s) without hue on PIL images, in place on HWC uint8: factors
+    U(1-s, 1+s), in random order, each op PIL's ImageEnhance (a blend with black for brightness, with the
+    rounded mean grey for contrast, with each pixel's grey for saturation), with PIL's arithmetic."""
+    flat = img.reshape(-1)
+    n = flat.shape[0] // 3
     for op in np.random.permutation(3):  # 0 brightness, 1 contrast, 2 saturation
         f = np.random.uniform(max(0.0, 1.0 - strength), 1.0 + strength)
-        mean = 0.0
+        if op == 2:
+            for p in range(n):
+                r, g, b = flat[3 * p], flat[3 * p + 1], flat[3 * p + 2]
+                grey = _luma(r, g, b)
+                flat[3 * p], flat[3 * p + 1], flat[3 * p + 2] = _blend(grey, r, f), _blend(grey, g, f), _blend(grey, b, f)
+            continue
+        degenerate = 0
         if op == 1:
-            for y in range(h):
-                for x in range(w):
-                    mean += 0.299 * img[y, x, 0] + 0.587 * img[y, x, 1] + 0.114 * img[y, x, 2]
-            mean = np.floor(mean / (h * w) + 0.5)
-        for y in range(h):
-            for x in range(w):
-                grey = mean
-                if op == 2:
-                    grey = 0.299 * img[y, x, 0] + 0.587 * img[y, x, 1] + 0.114 * img[y, x, 2]
-                for c in range(3):
-                    v = f * img[y, x, c] + (1.0 - f) * grey
-                    img[y, x, c] = np.uint8(min(255.0, max(0.0, v + 0.5)))
-
-
+            total = 0
+            for p in range(n):
+                total += _luma(flat[3 * p], flat[3 * p + 1], flat[3 * p + 2])
+            degenerate = int(total / n + 0.5)
+        for q in range(flat.shape[0]):
+            flat[q] = _blend(degenerate, flat[q], f)

@@ -1,9 +1,10 @@
 """Where a loader's images come from: a conversion's records (OUT) or an ImageFolder tree.
 
-Both give, per record index i: the encoded image bytes (:meth:`read`), the label, and a
-description naming the record and its source file, for error messages. RecordIO records are
-read straight out of the ``.rec`` shards at the offsets their ``.idx`` files list, so only OUT
-is needed; the ``.index.tsv`` gives labels and source paths.
+Both give, per record index i: the stored image bytes (:meth:`read`), the image ready to decode
+(:meth:`open_image`), the label, and a description naming the record and its source file, for
+error messages. Records are read straight out of the ``.rec`` shards at the offsets their
+``.idx`` files list or, in a conversion with no RecordIO (``--format beton``), out of the
+``.beton`` (JPEG or raw pixels); the ``.index.tsv`` gives labels and source paths.
 """
 from __future__ import annotations
 
@@ -34,15 +35,22 @@ class Source:
     def describe(self, i: int) -> str:
         return f"record {i} of split {self.split!r} in {self.root} (source file {self.paths[i]})"
 
+    #: Records hold raw RGB pixels, not JPEG (a ``--write-mode raw`` .beton with no RecordIO beside it).
+    raw = False
+
     def read(self, i: int) -> np.ndarray:
         raise NotImplementedError
 
-    def decode_error(self, i: int) -> str | None:
-        """Why record ``i`` does not decode to a whole RGB image (a full PIL decode), or None if it does."""
+    def open_image(self, i: int):
+        """Record ``i`` as a PIL image, opened but not decoded (so ``draft`` may still pick a reduced size)."""
         from PIL import Image
 
+        return Image.open(io.BytesIO(self.read(i)))
+
+    def decode_error(self, i: int) -> str | None:
+        """Why record ``i`` does not decode to a whole RGB image (a full PIL decode), or None if it does."""
         try:
-            with Image.open(io.BytesIO(self.read(i).tobytes())) as im:
+            with self.open_image(i) as im:
                 im.load()
         except RecordError as e:
             return str(e)
@@ -69,6 +77,18 @@ class Records(Source):
         names = [f["name"] for f in manifest["splits"][split]["files"]]
         self.beton = out / f"{split}.beton" if f"{split}.beton" in names else None
         self.recs = sorted(out / n for n in names if n.endswith(".rec"))
+        self._beton = None
+        if not self.recs and self.beton is not None:
+            from ..convert.beton import RAW, BetonReader
+
+            try:
+                self._beton = BetonReader(self.beton)
+            except (OSError, ValueError) as e:
+                raise UserError(f"{self.beton} cannot be read: {e}. Re-run the conversion") from None
+            if len(self._beton) != len(self):
+                raise UserError(f"{self.beton} holds {len(self._beton)} records but {split}.index.tsv lists "
+                                f"{len(self)}: the conversion is incomplete; re-run it")
+            self.raw = bool((self._beton.image["mode"] == RAW).any())
         self._maps: list[mmap.mmap] = []
         self._where = np.full((len(self), 2), -1, dtype=np.int64)  # (shard, offset) per record
         for s, rec in enumerate(self.recs):
@@ -77,9 +97,10 @@ class Records(Source):
                 self._where[int(key)] = (s, int(offset))
 
     def read(self, i: int) -> np.ndarray:
+        if self._beton is not None:
+            return self._beton.read(i)
         if not self.recs:
-            raise UserError(f"{self.root} has no RecordIO shards for split {self.split!r}; "
-                            "convert with --format recordio, or use the ffcv backend")
+            raise UserError(f"{self.root} has no RecordIO shards or .beton for split {self.split!r}; re-run the conversion")
         shard, offset = self._where[i]
         if shard < 0:
             raise RecordError(f"{self.describe(i)} is listed in the index but in no .idx file")
@@ -93,6 +114,14 @@ class Records(Source):
         flag = IMAGE_HEADER.unpack_from(mm, start)[0]
         skip = IMAGE_HEADER.size + 4 * flag
         return np.frombuffer(mm, dtype=np.uint8, count=length - skip, offset=start + skip)
+
+    def open_image(self, i: int):
+        if self._beton is not None and self._beton.is_raw(i):
+            from PIL import Image
+
+            meta = self._beton.image[i]
+            return Image.frombuffer("RGB", (int(meta["width"]), int(meta["height"])), self.read(i), "raw", "RGB", 0, 1)
+        return super().open_image(i)
 
     def __getstate__(self):  # DataLoader workers re-open the shards
         return {**self.__dict__, "_maps": []}

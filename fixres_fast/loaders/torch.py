@@ -16,6 +16,7 @@ from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader
 
 from .. import geometry
+from ..errors import UserError
 from ..spec import TestDA2, TrainDA
 from .common import BatchLoader, LoaderConfig, to_batch, workers
 
@@ -165,7 +166,7 @@ class PILDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
-            with Image.open(io.BytesIO(self.source.read(i))) as im:
+            with self.source.open_image(i) as im:
                 out = self.reduced(im) if self.reduced is not None else self.transform(im.convert("RGB"))
                 pixels = np.asarray(out)
             return torch.from_numpy(pixels.copy()), self.source.labels[i], i, True
@@ -189,11 +190,16 @@ class TorchLoader(BatchLoader):
     def __init__(self, spec, source, config: LoaderConfig):
         super().__init__(spec, source, config)
         cuda = self.device.type == "cuda"
+        if cuda and source.raw:
+            raise UserError(f"{source.root} stores raw pixels (--write-mode raw), and the torch backend on CUDA "
+                            "decodes JPEG with nvJPEG: use the ffcv backend, or the torch backend on the CPU")
         dataset = BytesDataset(source, spec) if cuda else PILDataset(source, spec, reduced=config.reduced_decode)
         n = workers(config)
+        # the generator seeds each worker's random, numpy and torch: augmentations follow (seed, rank)
+        seed = torch.Generator().manual_seed(config.seed * 1009 + config.rank)
         self.loader = DataLoader(dataset, batch_sampler=_Batches(self), num_workers=n, pin_memory=cuda,
                                  persistent_workers=n > 0, collate_fn=_collate_bytes if cuda else None,
-                                 prefetch_factor=4 if n > 0 else None)
+                                 prefetch_factor=4 if n > 0 else None, generator=seed)
 
     def __iter__(self):
         for pixels, labels, idx, ok in self.loader:
