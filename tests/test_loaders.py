@@ -289,6 +289,24 @@ def test_torch_augmentations_follow_the_seed(ramp_records):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_dropped_loader_is_freed_at_once(imagenet_records, backend):
+    """No reference cycle: `del loader` frees it (DALI's pipeline, FFCV's buffers, torch's workers) without the
+    cyclic collector, which could otherwise run in a DataLoader worker forked later (DALI's pipeline aborts there)."""
+    import gc
+    import weakref
+
+    loader = make_loader(backend, make_spec("test", 32), imagenet_records["out"], "train", batch_size=4, workers=1)
+    next(iter(loader))
+    ref = weakref.ref(loader)
+    gc.disable()
+    try:
+        del loader
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
 @pytest.fixture(scope="module")
 def raw_records(tmp_path_factory, photos):
     """8 photos in a .beton of raw pixels (max side 256), with no RecordIO beside it."""

@@ -14,6 +14,7 @@ follow the same law as the other backends and evaluation epochs end exactly, the
 from __future__ import annotations
 
 import io
+import weakref
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
@@ -31,7 +32,7 @@ class _Feed:
     """The external source: each iteration of it is one epoch of (encoded images, labels) batches."""
 
     def __init__(self, owner: BatchLoader):
-        self.owner, self.fed = owner, []
+        self.owner, self.fed = weakref.proxy(owner), []  # weakly: no cycle, so a dropped loader's pipeline goes at once
 
     def __iter__(self):
         self.fed = []

@@ -10,6 +10,8 @@ reads :class:`~fixres_fast.loaders.sampler.RASampler`, so sharding and RA follow
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
@@ -118,7 +120,7 @@ class SamplerOrder(TraversalOrder):
     """FFCV traversal order = the owner's RASampler epoch (FFCV calls the instance with its Loader)."""
 
     def __init__(self, owner: BatchLoader):
-        self.owner = owner
+        self.owner = weakref.proxy(owner)  # weakly: no reference cycle keeps a dropped loader's threads and buffers
 
     def __call__(self, loader):
         return self
