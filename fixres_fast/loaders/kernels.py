@@ -27,16 +27,17 @@ def filter_taps(n_out, region_size, scale, offset):
     first = np.zeros(n_out, np.int64)
     count = np.zeros(n_out, np.int64)
     weights = np.zeros((n_out, ksize), np.float32)
+    taps = np.empty(ksize)  # one output pixel's weights in float64, normalised before they become float32
     for i in range(n_out):
         center = (i + offset + 0.5) * scale
         lo = max(int(center - support + 0.5), 0)
         hi = min(int(center + support + 0.5), region_size)
         total = 0.0
         for x in range(lo, hi):
-            total += max(0.0, 1.0 - abs((x - center + 0.5) / filterscale))
-        for x in range(lo, hi):
-            w = max(0.0, 1.0 - abs((x - center + 0.5) / filterscale))
-            weights[i, x - lo] = w / total if total != 0.0 else w
+            taps[x - lo] = max(0.0, 1.0 - abs((x - center + 0.5) / filterscale))
+            total += taps[x - lo]
+        n = max(hi - lo, 0)
+        weights[i, :n] = taps[:n] / total if total != 0.0 else taps[:n]
         first[i], count[i] = lo, hi - lo
     return first, count, weights
 

@@ -196,10 +196,10 @@ class TorchLoader(BatchLoader):
         dataset = BytesDataset(source, spec) if cuda else PILDataset(source, spec, reduced=config.reduced_decode)
         n = workers(config)
         # the generator seeds each worker's random, numpy and torch: augmentations follow (seed, rank)
-        seed = torch.Generator().manual_seed(config.seed * 1009 + config.rank)
+        generator = torch.Generator().manual_seed(config.seed * 1009 + config.rank)
         self.loader = DataLoader(dataset, batch_sampler=_Batches(self), num_workers=n, pin_memory=cuda,
                                  persistent_workers=n > 0, collate_fn=_collate_bytes if cuda else None,
-                                 prefetch_factor=4 if n > 0 else None, generator=seed)
+                                 prefetch_factor=4 if n > 0 else None, generator=generator)
 
     def __iter__(self):
         for pixels, labels, idx, ok in self.loader:
