@@ -159,6 +159,22 @@ def test_folder_layout_keeps_class_indices_across_splits(tmp_path, photos):
     assert m["splits"]["train"]["per_class"] == [1, 1, 0] and m["splits"]["val"]["per_class"] == [1, 1, 1]
 
 
+def test_recordio_conversion_works_without_ffcv(tmp_path, photos, monkeypatch):
+    """A machine without FFCV (the GPU machines here have none) converts to RecordIO: nothing imports ffcv."""
+    import sys
+
+    for name in [m for m in sys.modules if m == "ffcv" or m.startswith("ffcv.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "ffcv", None)  # `import ffcv` now raises ImportError
+    src = tmp_path / "tree"
+    for j, c in enumerate(["cat", "dog"]):
+        (src / "train" / c).mkdir(parents=True)
+        shutil.copy(photos[j], src / "train" / c / f"{j}.jpg")
+    m = convert(ConvertConfig(layout="folder", src=str(src), out=str(tmp_path / "out"), formats=("recordio",),
+                              workers=1), log=quiet)
+    assert m["splits"]["train"]["count"] == 2 and m["formats"]["beton"]["ffcv_version"] == beton.VERSION
+
+
 def test_imagenet_devkit_val_labels(tmp_path, photos):
     from scipy.io import savemat
 

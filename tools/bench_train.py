@@ -22,8 +22,8 @@ from torch import nn
 
 from fixres_fast.models import build_model
 from fixres_fast.runtime import amp_dtype
-from fixres_fast.spec import TrainDA
-from fixres_fast.train import train_step
+from fixres_fast.spec import Recipe, TrainDA
+from fixres_fast.train import make_optimizer, train_step
 
 
 def synthetic(batch: int, res: int, device: torch.device, classes: int):
@@ -52,7 +52,7 @@ def sync(device: torch.device) -> None:
 
 def measure(model, feed, steps: int, warmup: int, dtype, device) -> float:
     """img/s over ``steps`` training steps after ``warmup`` steps."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    opt = make_optimizer(model, Recipe(), device)  # as `fixres-fast train` makes it
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     loss_fn = nn.CrossEntropyLoss()
     seen = 0
@@ -94,7 +94,7 @@ def main() -> None:
     for res in resolutions:
         model = build_model(args.arch, 1000).to(device, memory_format=torch.channels_last)
         if args.compile:
-            model = torch.compile(model)
+            model = torch.compile(model, dynamic=False)  # as `train --compile`
         for feed_name in feeds:
             if feed_name == "synthetic":
                 feed = synthetic(args.batch_size, res, device, 1000)

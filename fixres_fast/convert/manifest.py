@@ -8,14 +8,13 @@ from pathlib import Path
 
 from .. import __version__
 from ..spec import k_test_image
+from .beton import VERSION as BETON_VERSION
 from .recordio import IMAGE_HEADER, MAGIC
 
 BETON_FIELDS = {"image": "RGBImageField", "label": "IntField"}
 
 
 def manifest_doc(cfg, layout, splits: dict) -> dict:
-    from ffcv.types import CURRENT_VERSION
-
     options = asdict(cfg)
     options["formats"] = list(cfg.formats)
     warnings = list(layout.warnings)
@@ -32,7 +31,7 @@ def manifest_doc(cfg, layout, splits: dict) -> dict:
         "source": {"layout": layout.kind, "path": layout.source, "year": cfg.year},
         "options": options,
         "formats": {
-            "beton": {"ffcv_version": CURRENT_VERSION, "fields": BETON_FIELDS, "write_mode": cfg.write_mode},
+            "beton": {"ffcv_version": BETON_VERSION, "fields": BETON_FIELDS, "write_mode": cfg.write_mode},
             "recordio": {"format": "mxnet-recordio", "magic": hex(MAGIC), "image_header": IMAGE_HEADER.format,
                          "label": "float32 class index; record key = record index",
                          "dali": "splits.NAME.recordio: readers.mxnet(path=rec, index_path=[idx])"},

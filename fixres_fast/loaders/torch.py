@@ -1,14 +1,17 @@
 """The reference backend: torchvision transforms v2 on PIL images, decoded in DataLoader workers.
 
-With a CUDA device, workers only read the JPEG bytes; the main process decodes the batch with
-nvJPEG (``torchvision.io.decode_jpeg(device='cuda')``) and crops and resizes on the GPU, with
-the crop boxes from :mod:`fixres_fast.geometry`. This module never imports DALI or FFCV.
+With a CUDA device, workers only read the JPEG bytes and headers and draw the crop boxes, flips
+and jitter (:class:`BytesDataset`); threads of the main process decode each batch with nvJPEG
+(``torchvision.io.decode_jpeg(device='cuda')``) and crop and resize it on the GPU, a batch ahead of
+the caller (:func:`overlapped`). This module never imports DALI or FFCV.
 """
 from __future__ import annotations
 
 import io
 import math
+import threading
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -175,15 +178,52 @@ class PILDataset(torch.utils.data.Dataset):
 
 
 class BytesDataset(PILDataset):
-    """Record i -> (encoded bytes, label, i, True), for decoding on the GPU."""
+    """Record i -> (encoded bytes, label, i, ok, box, flip, jitter factors), for decoding on the GPU.
+
+    The worker reads only the JPEG header (for the image's size) and draws every random choice here,
+    with the reference's law and the worker's seeded generators (as :class:`ReducedDecode` does on
+    the CPU): ``box`` (x0, y0, x1, y1) in the image's pixels, ``flip`` and the brightness, contrast and
+    saturation factors. The GPU side then only decodes and applies them, so its output follows
+    (seed, rank) whatever thread runs it. A header that does not parse flags the record (``ok`` False)."""
+
+    def __init__(self, source, spec):
+        super().__init__(source, spec)
+        self.boxes = ReducedDecode(spec)
+        self.flip, self.jitter = getattr(spec, "flip", False), getattr(spec, "jitter", 0)
 
     def __getitem__(self, i):
-        return torch.from_numpy(self.source.read(i).copy()), self.source.labels[i], i, True
+        flip = bool(torch.rand(()) < 0.5) if self.flip else False
+        factors = torch.empty(3).uniform_(1 - self.jitter, 1 + self.jitter) if self.jitter else torch.ones(3)
+        try:
+            data = self.source.read(i)
+            with Image.open(io.BytesIO(data)) as im:
+                box = self.boxes.box(im)
+            return data, self.source.labels[i], i, True, box, flip, factors
+        except Exception:  # reported with the record's index and path by the main process
+            return np.zeros(0, np.uint8), -1, i, False, (0.0, 0.0, 1.0, 1.0), False, torch.ones(3)
 
 
-def _collate_bytes(items):
-    data, labels, idx, ok = zip(*items)
-    return list(data), torch.as_tensor(labels), torch.as_tensor(idx), torch.as_tensor(ok)
+class EncodedBatch(NamedTuple):
+    """One batch of JPEG bytes as the workers hand it over: one buffer (one shared-memory transfer
+    per batch, not one per image) with each image's length, and the draws of :class:`BytesDataset`."""
+    data: torch.Tensor  # uint8, every image's bytes back to back
+    sizes: list[int]
+    labels: torch.Tensor
+    idx: torch.Tensor
+    ok: torch.Tensor
+    boxes: torch.Tensor  # float64 (N, 4): x0, y0, x1, y1
+    flips: torch.Tensor  # bool (N,)
+    factors: torch.Tensor  # float32 (N, 3): brightness, contrast, saturation
+
+    def images(self) -> list[torch.Tensor]:
+        return list(torch.split(self.data, self.sizes))
+
+
+def _collate_bytes(items) -> EncodedBatch:
+    data, labels, idx, ok, boxes, flips, factors = zip(*items)
+    return EncodedBatch(torch.from_numpy(np.concatenate(data)), [len(d) for d in data], torch.as_tensor(labels),
+                        torch.as_tensor(idx), torch.as_tensor(ok), torch.tensor(boxes, dtype=torch.float64),
+                        torch.as_tensor(flips), torch.stack(factors))
 
 
 class TorchLoader(BatchLoader):
@@ -197,16 +237,20 @@ class TorchLoader(BatchLoader):
         n = workers(config)
         # the generator seeds each worker's random, numpy and torch: augmentations follow (seed, rank)
         generator = torch.Generator().manual_seed(config.seed * 1009 + config.rank)
-        self.loader = DataLoader(dataset, batch_sampler=_Batches(self), num_workers=n, pin_memory=cuda,
+        self.loader = DataLoader(dataset, batch_sampler=_Batches(self), num_workers=n,
                                  persistent_workers=n > 0, collate_fn=_collate_bytes if cuda else None,
                                  prefetch_factor=4 if n > 0 else None, generator=generator)
 
     def __iter__(self):
+        if self.device.type == "cuda":
+            # decoding and augmenting batch i + 1 (nvJPEG and roi_align, GIL released) overlaps the
+            # caller's work on batch i
+            yield from overlapped(self.loader, lambda b: decode_batch(b, self.spec, self.source, self.device),
+                                  self.device)
+            return
         for pixels, labels, idx, ok in self.loader:
             if not bool(torch.as_tensor(ok).all()):
                 self.source.check(idx[~ok].tolist())
-            if self.device.type == "cuda":
-                pixels = gpu_augment(pixels, self.spec, self.device)
             yield to_batch(pixels, labels, self.device)
 
 
@@ -228,51 +272,104 @@ class _Batches:
         return len(self.owner)
 
 
-def gpu_augment(datas: list[torch.Tensor], spec, device) -> torch.Tensor:
-    """nvJPEG-decode a batch and apply the spec to the whole batch at once: uint8 (N, K, K, 3).
+def decode_batch(batch: EncodedBatch, spec, source, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of bytes -> the batch contract, on ``device``; a record that does not decode raises
+    :class:`RecordError` with its index and source file (found by a full PIL decode, only on failure)."""
+    if not bool(batch.ok.all()):
+        source.check(batch.idx[~batch.ok].tolist())
+    try:
+        pixels = gpu_augment(batch, spec, device)
+    except RuntimeError:  # nvJPEG names no image: find the culprit
+        source.check(batch.idx.tolist())
+        raise
+    return to_batch(pixels, batch.labels, device)
 
-    The decoded images are padded into one tensor, and a single ``roi_align`` crops every RoC and
-    resizes it to K x K (with ``sampling_ratio=-1`` each output pixel averages ceil(RoC/K)^2
-    bilinear samples, an area filter when shrinking). Flip and colour jitter are batched too, so
-    the kernels launched per batch do not grow with its size (beyond one copy per image).
+
+def gpu_augment(batch: EncodedBatch, spec, device) -> torch.Tensor:
+    """nvJPEG-decode a batch and apply its drawn boxes, flips and jitter at once: uint8 (N, K, K, 3).
+
+    Each image's box, with a 1-pixel margin, is cut out of its decoded image into one zero-padded
+    tensor, and a single ``roi_align`` resizes every box to K x K (with ``sampling_ratio=-1`` each
+    output pixel averages ceil(box/K)^2 bilinear samples, an area filter when shrinking). Flip and
+    colour jitter are batched too, so the kernels launched per batch do not grow with its size
+    (beyond one copy per image). On the CPU the same function decodes with libjpeg (tests).
     """
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.ops import roi_align
 
-    images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+    images = decode_jpeg(batch.images(), mode=ImageReadMode.RGB, device=device)
     n, k = len(images), spec.size
-    batch = torch.zeros(n, 3, max(i.shape[1] for i in images), max(i.shape[2] for i in images), device=device)
-    rois = np.empty((n, 5), dtype=np.float32)
+    boxes = batch.boxes.numpy()
+    width_height = np.array([(img.shape[2], img.shape[1]) for img in images])
+    lo = np.maximum(np.floor(boxes[:, :2]) - 1, 0).astype(np.int64)
+    hi = np.minimum(np.ceil(boxes[:, 2:]) + 1, width_height).astype(np.int64)
+    (w, h) = (hi - lo).max(0)
+    cut = torch.zeros(n, 3, int(h), int(w), device=device)
     for b, img in enumerate(images):
-        batch[b, :, :img.shape[1], :img.shape[2]] = img
-        top, left, h, w = gpu_box(spec, img.shape[1], img.shape[2])
-        rois[b] = (b, left, top, left + w, top + h)
-    out = roi_align(batch, torch.from_numpy(rois).to(device), (k, k), 1.0, -1, True)
+        (x0, y0), (x1, y1) = lo[b], hi[b]
+        cut[b, :, :y1 - y0, :x1 - x0] = img[:, y0:y1, x0:x1]
+    rois = np.concatenate([np.arange(n)[:, None], boxes - np.tile(lo, 2)], 1).astype(np.float32)
+    out = roi_align(cut, torch.from_numpy(rois).to(device), (k, k), 1.0, -1, True)
     if getattr(spec, "flip", False):
-        flip = torch.from_numpy(np.random.rand(n) < 0.5).to(device)
+        flip = batch.flips.to(device)
         out = torch.where(flip[:, None, None, None], out.flip(-1), out)
     if getattr(spec, "jitter", 0):
-        out = batch_jitter(out, spec.jitter)
+        out = batch_jitter(out, batch.factors.to(device))
     return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def batch_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
-    """Brightness, contrast, saturation factors ~ U(1 - s, 1 + s) per image, applied in that order
-    (as DALI does; torchvision shuffles the order) on float RGB in [0, 255]."""
-    factors = torch.from_numpy(np.random.uniform(1 - strength, 1 + strength, (3, x.shape[0], 1, 1, 1))).to(x)
+def batch_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast and saturation, applied in that order (as DALI does; torchvision shuffles
+    the order) on float RGB in [0, 255], with ``factors`` (N, 3) drawn per image from U(1 - s, 1 + s)."""
+    f = factors.to(x).T.reshape(3, -1, 1, 1, 1)
     grey = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    x = (x * factors[0]).clamp_(0, 255)
+    x = (x * f[0]).clamp_(0, 255)
     mean = (x * grey).sum(1, keepdim=True).mean((2, 3), keepdim=True)
-    x = ((x - mean) * factors[1] + mean).clamp_(0, 255)
+    x = ((x - mean) * f[1] + mean).clamp_(0, 255)
     luma = (x * grey).sum(1, keepdim=True)
-    return ((x - luma) * factors[2] + luma).clamp_(0, 255)
+    return ((x - luma) * f[2] + luma).clamp_(0, 255)
 
 
-def gpu_box(spec, height: int, width: int):
-    if isinstance(spec, TrainDA):
-        return geometry.random_resized_crop(height, width, *spec.area_range, *spec.aspect_range, spec.max_attempts)
-    position = np.random.uniform(*geometry.da2_position_range(spec.shift)) if isinstance(spec, TestDA2) else 0.5
-    return geometry.test_box(height, width, spec.k_test, spec.resize_short, position)
+def overlapped(items, fn, device: torch.device, depth: int = 2):
+    """``fn(item)`` for each item, computed up to ``depth`` items ahead in threads, yielded in order.
+
+    On CUDA each thread works on its own stream; the caller's stream waits for a result before using
+    it, and the result's memory is marked as used there (so the allocator cannot hand it out again
+    while the caller's kernels still read it). An exception in ``fn`` is raised by the caller."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    cuda = device.type == "cuda"
+    local = threading.local()
+
+    def run(item):
+        if not cuda:
+            return fn(item), None
+        if not hasattr(local, "stream"):
+            local.stream = torch.cuda.Stream(device)
+        with torch.cuda.stream(local.stream):
+            out = fn(item)
+            done = torch.cuda.Event()
+            done.record(local.stream)
+        return out, done
+
+    def take(future):
+        out, done = future.result()
+        if done is not None:
+            stream = torch.cuda.current_stream(device)
+            stream.wait_event(done)
+            for t in out:
+                t.record_stream(stream)
+        return out
+
+    with ThreadPoolExecutor(depth, thread_name_prefix="fixres-decode") as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.submit(run, item))
+            if len(pending) > depth:
+                yield take(pending.popleft())
+        while pending:
+            yield take(pending.popleft())
 
 
 def build_torch_loader(spec, source, config: LoaderConfig) -> TorchLoader:
