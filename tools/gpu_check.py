@@ -90,18 +90,18 @@ def parity() -> None:
     from fixres_fast.loaders import make_loader
     from fixres_fast.spec import make_spec
 
-    def run(device, mode, res):
+    def epoch(device, mode, res):
         loader = make_loader("torch", make_spec(mode, res), str(BIG), "val", batch_size=64, device=device, workers=8)
         images, labels = zip(*[(x.float().cpu(), y.cpu()) for x, y in loader])
         return torch.cat(images), torch.cat(labels), images[0]
 
-    gpu, gpu_labels, first = run("cuda", "test", 224)
-    cpu, cpu_labels, _ = run("cpu", "test", 224)
+    gpu, gpu_labels, first = epoch("cuda", "test", 224)
+    cpu, cpu_labels, _ = epoch("cpu", "test", 224)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
     diff = ((gpu - cpu) * std).abs()
     print(f"test DA 224, {len(gpu)} images: labels equal {torch.equal(gpu_labels, cpu_labels)}; "
           f"mean |gpu - cpu| {diff.mean():.2f} grey levels, 99th percentile {np.percentile(diff.numpy(), 99):.1f}")
-    train, _, first = run("cuda", "train", 160)
+    train, _, first = epoch("cuda", "train", 160)
     print(f"train DA 160: {tuple(train.shape)}, channels_last {first.is_contiguous(memory_format=torch.channels_last)}")
 
 

@@ -177,7 +177,7 @@ class PILDataset(torch.utils.data.Dataset):
             return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), -1, i, False
 
 
-class BytesDataset(PILDataset):
+class BytesDataset(torch.utils.data.Dataset):
     """Record i -> (encoded bytes, label, i, ok, box, flip, jitter factors), for decoding on the GPU.
 
     The worker reads only the JPEG header (for the image's size) and draws every random choice here,
@@ -187,9 +187,11 @@ class BytesDataset(PILDataset):
     (seed, rank) whatever thread runs it. A header that does not parse flags the record (``ok`` False)."""
 
     def __init__(self, source, spec):
-        super().__init__(source, spec)
-        self.boxes = ReducedDecode(spec)
+        self.source, self.boxes = source, ReducedDecode(spec)
         self.flip, self.jitter = getattr(spec, "flip", False), getattr(spec, "jitter", 0)
+
+    def __len__(self):
+        return len(self.source)
 
     def __getitem__(self, i):
         flip = bool(torch.rand(()) < 0.5) if self.flip else False
