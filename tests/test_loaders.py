@@ -280,13 +280,27 @@ def test_ffcv_colour_jitter_kernel_is_torchvisions(photos):
         assert np.array_equal(got, np.asarray(im)), j
 
 
-def test_torch_augmentations_follow_the_seed(ramp_records):
-    def first_batch(seed):
-        loader = make_loader("torch", make_spec("train", K), ramp_records, "train", batch_size=8, workers=2, seed=seed)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_augmentations_follow_the_seed(ramp_records, backend):
+    """The same seed gives the same batches (order, boxes, flips, jitter), another seed others."""
+    def first_batch(seed, epoch=0, workers=2):
+        loader = make_loader(backend, make_spec("train", K), ramp_records, "train", batch_size=8, workers=workers,
+                             seed=seed)
+        loader.set_epoch(epoch)
         return next(iter(loader))[0]
 
     a, b, c = first_batch(3), first_batch(3), first_batch(4)
     assert torch.equal(a, b) and not torch.equal(a, c)
+    if backend == "ffcv":  # keyed by position in the epoch: the thread count does not matter, the epoch does
+        assert torch.equal(a, first_batch(3, workers=1)) and not torch.equal(a, first_batch(3, epoch=1))
+
+
+def test_ffcv_ra_copies_get_their_own_draws(ramp_records):
+    """Each position of an epoch has its own key: the M copies of an image in one batch differ (flip/box/jitter)."""
+    loader = make_loader("ffcv", make_spec("train", K), ramp_records, "train", batch_size=REPEATS, repeats=REPEATS,
+                         workers=2, seed=1)
+    for x, _ in loader:  # with repeats=M the M copies of an image are consecutive: one batch of M
+        assert all(not torch.equal(x[i], x[j]) for i in range(REPEATS) for j in range(i))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,4 +1,4 @@
-"""`fixres-fast profile`: what it measures grows with the resolution; bad arguments get clear errors."""
+"""`fixres-fast profile`: its outputs and their relations, the adaptation step's graph, Table 7; bad arguments get clear errors."""
 import csv
 import json
 import subprocess
@@ -11,36 +11,36 @@ from click.testing import CliRunner
 from fixres_fast.cli import main
 from fixres_fast.errors import UserError
 from fixres_fast.models import build_model, classifier, last_bn_before_pool
-from fixres_fast.profile import (TABLE7, ProfileConfig, _adaptation_mode, layers_to_adapt, parse_resolutions,
-                                 table7_comparison)
+from fixres_fast.profile import (TABLE7, ProfileConfig, _adaptation_mode, fit_exponent, layers_to_adapt,
+                                 parse_resolutions, table7_comparison)
 
 
-@pytest.fixture
-def one_thread():
-    """One thread: timings on a shared 2-core machine are steadier (this test checks shapes, not speed)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_profile_costs_grow_with_resolution(tmp_path, one_thread):
-    # resolutions 3-4x apart, so that costs 9-16x apart stay ordered on a loaded machine
-    res = CliRunner().invoke(main, ["profile", "--arch", "resnet18", "--res", "40,128,384", "--batch-size", "1",
-                                    "--device", "cpu", "--warmup", "2", "--repeats", "3", "--out", str(tmp_path)])
+def test_profile_writes_its_table_summary_and_plot(tmp_path):
+    """The command's outputs and how they relate. No timing claim: how cost grows with K is measured by the
+    command itself (docs/BENCHMARKS.md, "Cost against resolution"), not asserted on a shared CI machine."""
+    res = CliRunner().invoke(main, ["profile", "--arch", "resnet18", "--res", "64,32", "--batch-size", "2",
+                                    "--device", "cpu", "--warmup", "1", "--repeats", "2", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(open(tmp_path / "profile.csv")))
-    assert [int(r["res"]) for r in rows] == [40, 128, 384]
-    for phase in ("train", "adapt"):
-        cost = [float(r[f"{phase}_forward_ms"]) + float(r[f"{phase}_backward_ms"]) for r in rows]
-        assert cost == sorted(cost), (phase, cost)
-    infer = [float(r["infer_forward_ms"]) for r in rows]
-    assert infer == sorted(infer)
+    assert [int(r["res"]) for r in rows] == [32, 64]  # smallest first
+    for r in rows:
+        ms = {p: float(r[f"{p}_forward_ms"]) + float(r.get(f"{p}_backward_ms") or 0) for p in ("train", "adapt", "infer")}
+        assert all(v > 0 for v in ms.values()), r
+        for p, v in ms.items():  # images per second is the batch over the phase's time
+            assert float(r[f"{p}_img_s"]) == pytest.approx(1e3 * 2 / v, rel=1e-6)
+        assert r["train_peak_mib"] == ""  # the CUDA allocator's peak: none on CPU
     summary = json.loads((tmp_path / "profile.json").read_text())
-    assert 0.7 < summary["exponents"]["train"] < 3.0, summary["exponents"]
+    train = [float(r["train_forward_ms"]) + float(r["train_backward_ms"]) for r in rows]
+    assert summary["exponents"]["train"] == pytest.approx(fit_exponent([32, 64], train), rel=1e-6)
     assert summary["adapted_layers"] == ["layer4.1.bn2", "fc"]
+    assert summary["config"]["resolutions"] == [64, 32] and summary["config"]["arch"] == "resnet18"
     assert (tmp_path / "profile.png").stat().st_size > 10_000
     assert "Table 7" in res.output and "train backward / forward at 128" in res.output
+
+
+def test_fit_exponent_recovers_a_power_law():
+    assert fit_exponent([64, 128, 224, 384], [3.0 * k ** 2 for k in (64, 128, 224, 384)]) == pytest.approx(2.0)
+    assert fit_exponent([32, 64], [5.0, 10.0]) == pytest.approx(1.0)
 
 
 def test_adaptation_step_trains_only_last_bn_and_classifier_without_backward_through_trunk():

@@ -90,10 +90,14 @@ class BatchLoader:
         n, bs = len(self.sampler), self.config.batch_size
         return n // bs if self.training else -(-n // bs)
 
+    @property
+    def epoch_length(self) -> int:
+        """Samples this rank reads per epoch: whole batches when training, every sample of its shard otherwise."""
+        return len(self) * self.config.batch_size if self.training else len(self.sampler)
+
     def epoch_indices(self) -> np.ndarray:
-        """This rank's record indices for the current epoch, cut to whole batches when training."""
-        idx = self.sampler.indices(self.epoch)
-        return idx[: len(self) * self.config.batch_size] if self.training else idx
+        """This rank's record indices for the current epoch (:attr:`epoch_length` of them)."""
+        return self.sampler.indices(self.epoch)[:self.epoch_length]
 
     def batches(self):
         """The current epoch's record indices, one array per batch."""

@@ -7,6 +7,11 @@ reference's), then flips and jitters in place (:mod:`.kernels`). FFCV's own deco
 over a stale buffer for a damaged record; this one writes :data:`SENTINEL` instead, and the
 loader reports that record by index and source file. The order is a ``TraversalOrder`` that
 reads :class:`~fixres_fast.loaders.sampler.RASampler`, so sharding and RA follow the common law.
+
+Seeding: each position of an epoch gets a key drawn from (seed, rank, epoch), carried to the
+compiled decoder behind the order's ids (:func:`.kernels.keyed_order`); the decoder seeds numba's
+generator with it before a sample's draws. So the boxes, flips and jitter follow the seed and the
+epoch, not the thread that decodes the sample, and the RA copies of an image get their own draws.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from ffcv.transforms import ToDevice, ToTensor
 from ffcv.traversal_order.base import TraversalOrder
 
 from .. import geometry
+from ..geometry import seed as seed_draws
 from ..errors import UserError
 from ..spec import TestDA2, TrainDA
 from . import kernels
@@ -75,20 +81,23 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
 
     get_crop_generator = None  # the crop comes from box_function
 
-    def __init__(self, spec):
+    def __init__(self, spec, epoch_length: int):
         super().__init__((spec.size, spec.size))
-        self.spec = spec
+        self.spec, self.epoch_length = spec, epoch_length
 
     def generate_code(self):
         mem_read, my_range = self.memory_read, Compiler.get_iterator()
         imdecode_c = _imdecode()
         resample, flip_in_place, colour_jitter = kernels.resample, kernels.flip_in_place, kernels.colour_jitter
+        trailing_keys, seed, epoch_length = kernels.trailing_keys, seed_draws, self.epoch_length
         box = box_function(self.spec)
         flip, jitter, sentinel = bool(getattr(self.spec, "flip", False)), float(getattr(self.spec, "jitter", 0.0)), SENTINEL
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
+            keys = trailing_keys(batch_indices, epoch_length)
             for dst_ix in my_range(len(batch_indices)):
+                seed(keys[dst_ix])
                 field = metadata[batch_indices[dst_ix]]
                 image_data = mem_read(field['data_ptr'], storage_state)
                 height, width = np.uint32(field['height']), np.uint32(field['width'])
@@ -126,7 +135,11 @@ class SamplerOrder(TraversalOrder):
         return self
 
     def sample_order(self, epoch):
-        return self.owner.epoch_indices().astype(np.uint64)
+        """The sampler's ids for the owner's epoch (FFCV's own count, ``epoch``, is not used), keyed."""
+        owner, config = self.owner, self.owner.config
+        indices = owner.epoch_indices()
+        keys = np.random.default_rng([config.seed, config.rank, owner.epoch]).integers(2 ** 32, size=len(indices))
+        return kernels.keyed_order(indices, keys)
 
 
 class FFCVLoader(BatchLoader):
@@ -135,7 +148,7 @@ class FFCVLoader(BatchLoader):
         if source.beton is None:
             raise UserError(f"the ffcv backend reads {source.split}.beton, which {source.root} lacks; "
                             "convert with --format beton, or use the dali or torch backend")
-        image = [FixResDecoder(spec), ToTensor()]
+        image = [FixResDecoder(spec, self.epoch_length), ToTensor()]
         label = [IntDecoder(), ToTensor()]
         if self.device.type == "cuda":
             image.append(ToDevice(self.device, non_blocking=True))

@@ -9,13 +9,17 @@ the whole image, window offset = the crop's place in the resized image). PIL's f
 in float32 without rounding between the passes: within 1 grey level of PIL, and fast because
 both passes run over contiguous rows (the vertical pass writes its result transposed, so the
 horizontal pass is a vertical one too), which numba turns into SIMD loops.
+
+:func:`trailing_keys` gives each sample of a batch its random key, so that the decoder's draws
+follow the loader's seed whatever thread decodes it (see :func:`keyed_order`).
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from numba import njit
+from numba import carray, njit, types
+from numba.extending import intrinsic
 
 
 @njit(cache=True)
@@ -126,3 +130,30 @@ def colour_jitter(img, strength):
             degenerate = int(total / n + 0.5)
         for q in range(flat.shape[0]):
             flat[q] = _blend(degenerate, flat[q], f)
+
+
+@intrinsic
+def _uint64_pointer(typingctx, address):
+    """An integer address -> ``uint64*`` (``numba.carray`` takes a pointer, not an integer)."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+    return types.CPointer(types.uint64)(address), codegen
+
+
+def keyed_order(indices: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """An epoch's sample ids with a key per position stored right after them in the same buffer.
+
+    FFCV hands its decoder views of the order it is given (``order[:k]``, then one slice per
+    batch), never copies, so :func:`trailing_keys` finds a batch's keys ``len(indices)`` places
+    after its ids. Returns the ids, a view of that buffer (which the views keep alive)."""
+    n = len(indices)
+    buffer = np.empty(2 * n, np.uint64)
+    buffer[:n], buffer[n:] = indices, keys
+    return buffer[:n]
+
+
+@njit(cache=True)
+def trailing_keys(batch_indices, epoch_length):
+    """The keys of a batch cut from a :func:`keyed_order` of ``epoch_length`` ids (uint64, one per sample)."""
+    address = batch_indices.ctypes.data + epoch_length * batch_indices.itemsize
+    return carray(_uint64_pointer(address), batch_indices.shape)
