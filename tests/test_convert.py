@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixres_fast.convert import ConvertConfig, beton, convert, verify
+from fixres_fast.convert import ConvertConfig, beton, convert, transcode, verify
 from fixres_fast.convert.beton import BetonReader
 from fixres_fast.convert.recordio import read_records
 from fixres_fast.convert.verify import read_beton_labels, read_recordio_labels
@@ -65,20 +65,62 @@ def test_records_read_back_through_ffcv_and_dali(imagenet_records):
     assert list(read_recordio_labels([out / r for r in rio["rec"]], out / rio["idx"], 2)) == want
 
 
-def test_same_image_in_both_formats_and_untouched_jpegs_are_byte_identical(imagenet_records):
+def rgb(data):
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_same_image_in_both_formats_and_fit_photos_keep_their_pixels(imagenet_records):
+    """Both formats store the same bytes; a fit photo (the foolbox ones are progressive JPEGs) is stored as a
+    sequential JPEG of the same coefficients: the same pixels, exactly."""
     out = imagenet_records["out"]
     rows = index_rows(out, "train")
     beton = beton_images(out / "train.beton")
     rec = {k: (lab, data) for r in sorted(out.glob("train-*.rec")) for k, lab, data in read_records(r)}
     assert sorted(rec) == list(range(len(rows)))
-    untouched = 0
+    fit = 0
     for (i, label, path), (data, w, h, blabel) in zip(rows, beton):
         assert rec[i] == (label, data) and blabel == label
         assert Image.open(io.BytesIO(data)).size == (w, h)
-        if path.split("/")[-1].startswith("n0") and max(Image.open(path).size) <= 512:  # a fit photo: stored as is
-            assert data == open(path, "rb").read()
-            untouched += 1
-    assert untouched >= 15
+        if path.split("/")[-1].startswith("n0") and max(Image.open(path).size) <= 512:  # a fit photo
+            source = open(path, "rb").read()
+            assert Image.open(path).info.get("progressive") and not Image.open(io.BytesIO(data)).info.get("progressive")
+            assert np.array_equal(rgb(data), rgb(source)) and len(data) < 1.15 * len(source)
+            fit += 1
+    assert fit >= 15
+    assert imagenet_records["manifest"]["splits"]["train"]["reencoded"]["progressive"] == fit
+
+
+def test_sequential_jpegs_are_stored_byte_for_byte_and_progressive_ones_on_request(tmp_path, photos):
+    src = tmp_path / "src" / "a"
+    src.mkdir(parents=True)
+    Image.open(photos[0]).convert("RGB").save(src / "baseline.jpg", "JPEG", quality=85)
+    shutil.copy(photos[1], src / "progressive.jpg")
+    for sequential in (True, False):
+        out = tmp_path / f"out{sequential}"
+        convert(ConvertConfig(layout="folder", src=str(tmp_path / "src"), out=str(out), formats=("recordio",),
+                              sequential=sequential, workers=1), log=quiet)
+        paths = {i: p for i, _, p in index_rows(out, "train")}
+        stored_bytes = {paths[k].rsplit("/", 1)[1]: data for r in out.glob("train-*.rec") for k, _, data in read_records(r)}
+        assert stored_bytes["baseline.jpg"] == (src / "baseline.jpg").read_bytes()
+        assert (stored_bytes["progressive.jpg"] == (src / "progressive.jpg").read_bytes()) == (not sequential)
+        assert np.array_equal(rgb(stored_bytes["progressive.jpg"]), rgb((src / "progressive.jpg").read_bytes()))
+
+
+def test_a_damaged_progressive_jpeg_is_treated_as_a_damaged_sequential_one(tmp_path, photos):
+    """TurboJPEG refuses damaged data; then the file is checked and kept as it is, as a sequential one would be:
+    skipped when truncated, stored byte for byte when PIL decodes it despite garbled entropy-coded bytes."""
+    from fixres_fast.convert.image import prepare
+
+    data = open(photos[1], "rb").read()
+    cut, garbled = data[: len(data) // 2], bytearray(data)
+    garbled[len(data) // 2: len(data) // 2 + 64] = bytes(range(64))
+    with pytest.raises(ValueError):
+        transcode.to_sequential(bytes(garbled))
+    (tmp_path / "cut.jpg").write_bytes(cut)
+    (tmp_path / "garbled.jpg").write_bytes(bytes(garbled))
+    assert "truncated" in prepare(str(tmp_path / "cut.jpg"), max_side=512)
+    kept = prepare(str(tmp_path / "garbled.jpg"), max_side=512)
+    assert kept.data == bytes(garbled) and kept.fix == ""
 
 
 def stored(out, name):
