@@ -42,7 +42,7 @@ def convert():
 
     Every image is stored as RGB JPEG with its long side at most --max-side, EXIF rotation applied.
     Sequential JPEGs that already qualify are stored byte for byte; progressive ones are rewritten
-    as sequential JPEGs of the same coefficients (the same pixels, decoded ~2.7x faster); others
+    as sequential JPEGs of the same coefficients (the same pixels, decoded 2-2.7x faster); others
     (PNG data, CMYK, greyscale, rotated, too large) are re-encoded once. Unreadable files are skipped and listed, with
     their reason, in OUT/manifest.json. Class indices are written to OUT/classes.json.
     """

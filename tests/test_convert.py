@@ -5,12 +5,14 @@ import shutil
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 from fixres_fast.convert import ConvertConfig, beton, convert, transcode, verify
 from fixres_fast.convert.beton import BetonReader
 from fixres_fast.convert.recordio import read_records
 from fixres_fast.convert.verify import read_beton_labels, read_recordio_labels
+from fixres_fast.cli import main
 from fixres_fast.errors import UserError
 
 from . import imagesets
@@ -95,10 +97,12 @@ def test_sequential_jpegs_are_stored_byte_for_byte_and_progressive_ones_on_reque
     src.mkdir(parents=True)
     Image.open(photos[0]).convert("RGB").save(src / "baseline.jpg", "JPEG", quality=85)
     shutil.copy(photos[1], src / "progressive.jpg")
-    for sequential in (True, False):
-        out = tmp_path / f"out{sequential}"
-        convert(ConvertConfig(layout="folder", src=str(tmp_path / "src"), out=str(out), formats=("recordio",),
-                              sequential=sequential, workers=1), log=quiet)
+    for flag, sequential in (("--sequential", True), ("--keep-progressive", False)):  # --sequential: the default
+        out = tmp_path / flag
+        res = CliRunner().invoke(main, ["convert", "folder", str(tmp_path / "src"), str(out), "--format", "recordio",
+                                        flag, "--workers", "1"])
+        assert res.exit_code == 0, res.output
+        assert ("1 progressive rewritten as sequential" in res.output) == sequential
         paths = {i: p for i, _, p in index_rows(out, "train")}
         stored_bytes = {paths[k].rsplit("/", 1)[1]: data for r in out.glob("train-*.rec") for k, _, data in read_records(r)}
         assert stored_bytes["baseline.jpg"] == (src / "baseline.jpg").read_bytes()

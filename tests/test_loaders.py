@@ -89,13 +89,13 @@ def test_repeated_augmentation_gives_distinct_copies(train_crops, backend):
 
 @pytest.fixture(scope="module")
 def test_batches(imagenet_records):
-    """Per backend: test DA at 224 over the converted photos (val, then train), exact epochs. 'torch' is the
-    reference (full decode, reduced_decode=False); 'torch_reduced' the torch backend's default CPU path."""
+    """Per backend: test DA at 224 over the converted photos (val, then train), exact epochs, full decodes;
+    'torch' is the reference. 'torch_reduced' and 'ffcv_reduced': the default reduced-size DCT decoding."""
     out = {}
-    for backend in BACKENDS + ("torch_reduced",):
+    for backend in BACKENDS + ("torch_reduced", "ffcv_reduced"):
         got = {}
         for split in ("val", "train"):
-            options = dict(reduced_decode=backend == "torch_reduced")
+            options = dict(reduced_decode=backend.endswith("_reduced"))
             loader = make_loader(backend.split("_")[0], make_spec("test", 224), imagenet_records["out"], split,
                                  batch_size=8, workers=2, **options)
             batches = list(loader)
@@ -128,13 +128,28 @@ def test_test_da_agrees_with_torchvision(test_batches, backend, mean_tol, max_to
         assert float(diff.mean()) < mean_tol and float(diff.max()) < max_tol, f"{backend} {split}"
 
 
-def test_torch_reduced_decode_batches_agree_with_reference(test_batches):
-    # the photos are stored at 512 px: test DA at 224 decodes them at 1/2 size
+@pytest.mark.parametrize("backend", ["torch", "ffcv"])
+def test_reduced_decode_batches_agree_with_full_decode(test_batches, backend):
+    # the photos are stored at 512 px: test DA at 224 decodes them at 1/2 size, where the IDCT does the whole
+    # downscale (the reference's blur is stood in for by geometry.IDCT_BLUR_TAPS)
     for split in ("val", "train"):
-        (ref, ref_labels), (got, labels) = test_batches["torch"][split], test_batches["torch_reduced"][split]
+        (ref, ref_labels), (got, labels) = test_batches[backend][split], test_batches[f"{backend}_reduced"][split]
         assert labels.tolist() == ref_labels.tolist()
         diff = (pixels(got) - pixels(ref)).abs()
         assert float(diff.mean()) < 1.5 and float(diff.flatten().quantile(0.99)) < 12, split
+
+
+def test_ffcv_reduced_decode_keeps_the_draws(imagenet_records):
+    """Train DA at 96 on 512-px photos: most boxes decode at 1/2 or 1/4. The draws are keyed by position, so
+    with and without reduced decoding the boxes, flips and jitter are the same and only the decode differs."""
+    spec = make_spec("train", 96)
+    got = {r: torch.cat([x for x, _ in make_loader("ffcv", spec, imagenet_records["out"], "train", batch_size=7,
+                                                  workers=2, seed=2, reduced_decode=r)]) for r in (False, True)}
+    diff = (pixels(got[True]) - pixels(got[False])).abs()
+    assert float(diff.mean()) < 1.5 and float(diff.flatten().quantile(0.99)) < 12
+    # a box misplaced by a few pixels would differ by tens of grey levels; the 1/4 decodes differ by up to ~5.4
+    # in the torch backend's reduced decoding too (the scaled IDCT's downscale is not the bilinear filter's)
+    assert float(diff.mean((1, 2, 3)).max()) < 6
 
 
 # --- reduced-size DCT decoding (torch backend, CPU): the same boxes, nearly the same pixels -------------
@@ -346,7 +361,7 @@ def test_raw_records_give_the_same_batches_from_ffcv_and_torch(raw_records):
 
 
 def test_reduction_rule():
-    from fixres_fast.loaders.torch import reduction
+    reduction = geometry.dct_reduction
 
     assert reduction(448, 448, 224, 224) == 2 and reduction(447.9, 448, 224, 224) == 1
     assert reduction(512, 512, 128, 128) == 4 and reduction(2048, 1800, 224, 224) == 8 and reduction(100, 100, 224, 224) == 1

@@ -106,7 +106,7 @@ def convert(cfg: ConvertConfig, log=print) -> dict:
     workers = cfg.workers or os.cpu_count() or 1
     if cfg.sequential and cfg.write_mode == "jpg" and not transcode.available():
         log("warning: libturbojpeg is not installed (apt install libturbojpeg0): progressive JPEGs are stored as "
-            "they are, not rewritten as sequential ones, and decode ~2.7x slower")
+            "they are, not rewritten as sequential ones, and decode 2-2.7x slower")
     job = partial(prepare, max_side=cfg.max_side, jpeg_quality=cfg.jpeg_quality, write_mode=cfg.write_mode,
                   sequential=cfg.sequential)
     with get_context("fork").Pool(workers) if workers > 1 else _InProcess() as pool:

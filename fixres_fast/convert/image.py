@@ -6,7 +6,7 @@ this (small enough, upright) is stored byte for byte after a check decode at 1/8
 scale (libjpeg's DCT scaling still reads every entropy-coded byte, so truncation
 is caught, at a fraction of a full decode's cost). A progressive one is rewritten
 as a sequential JPEG of the same coefficients (:mod:`.transcode`: the same pixels,
-decoded ~2.7x faster; ``sequential=False`` keeps it as it is). Everything else
+decoded 2-2.7x faster; ``sequential=False`` keeps it as it is). Everything else
 (PNG data in a .JPEG, CMYK, greyscale, rotated, too large) is decoded, fixed and
 re-encoded once.
 """

@@ -66,8 +66,11 @@ def _reason_kind(reason: str) -> str:
 
 def summarise(manifest: dict, out: Path, log) -> None:
     for name, s in manifest["splits"].items():
-        fixed = sum(s["reencoded"].values())
-        log(f"{name}: {s['count']} records ({fixed} re-encoded), {len(s['skipped'])} skipped")
+        fixes = dict(s["reencoded"])
+        parts = [f"{n} progressive rewritten as sequential" for n in [fixes.pop("progressive", 0)] if n]
+        parts += ["re-encoded: " + ", ".join(f"{k} {v}" for k, v in sorted(fixes.items()))] if fixes else []
+        log(f"{name}: {s['count']} records{' (' + '; '.join(parts) + ')' if parts else ''}, "
+            f"{len(s['skipped'])} skipped")
     for w in manifest["warnings"]:
         log(f"warning: {w}")
     log(skipped_line(manifest["splits"]) + f" (details in {out / 'manifest.json'})")

@@ -4,7 +4,8 @@ A progressive JPEG spreads each block's coefficients over several scans, so a de
 every coefficient of the image in memory and passes over the entropy-coded data once per
 scan. Rewritten as one sequential scan, the same quantised coefficients decode to the same
 pixels (tested) about 2.7x faster with libjpeg-turbo on the benchmark's photos (3.7 -> 1.4 ms
-for a 512x512 image), and nvJPEG's hardware decoder (A100/H100) takes only sequential JPEGs.
+for a 512x512 image); and the hardware JPEG decoder of A100/H100 GPUs, which nvJPEG (and so
+DALI's mixed decoder) uses where it can, decodes baseline (sequential) JPEGs only.
 This is ``jpegtran`` without ``-progressive``: ``tjTransform`` with no operation, markers kept.
 The Huffman tables become the standard ones (TurboJPEG 2.1 cannot optimise them here), so the
 file grows a little (6.5% on the 20 foolbox photos).

@@ -29,10 +29,10 @@ class LoaderConfig:
     seed: int = 0
     workers: int = 0  # decoding threads or processes; 0: all cores
     training: bool | None = None  # shuffle + RA + drop last partial batch; None: only for train DA
-    #: torch backend on the CPU: draw the crop box on the full-size image (same law and draws as the
-    #: reference), then let libjpeg decode at 1/2, 1/4 or 1/8 size when the box still spans at least
-    #: K x K pixels there (so it never adds upsampling), and resize from that. Same boxes; pixels within a
-    #: few grey levels of the full decode. False: the reference (full decode + torchvision transforms).
+    #: ffcv backend, and torch backend on the CPU: draw the crop box on the full-size image (same law and
+    #: draws), then let libjpeg decode at 1/2, 1/4 or 1/8 size when the box still spans at least K x K
+    #: pixels there (geometry.dct_reduction: it never adds upsampling), and resize from that. Same boxes;
+    #: pixels within a few grey levels of the full decode. False: full decodes (torch: the reference).
     reduced_decode: bool = True
 
     def is_training(self, spec) -> bool:

@@ -1,9 +1,11 @@
 """FFCV backend: the ``.beton``, decoded by one numba-compiled decoder that fuses every mode.
 
-:class:`FixResDecoder` decodes a record with FFCV's libjpeg-turbo call, takes its crop box from
-:mod:`fixres_fast.geometry` (train DA's RoC law; test DA's and test DA2's resize-then-crop
-window of the resized image), resamples with PIL's antialiased bilinear filter (the
-reference's), then flips and jitters in place (:mod:`.kernels`). FFCV's own decoders ignore libjpeg's return code and would hand
+:class:`FixResDecoder` takes a record's crop box from :mod:`fixres_fast.geometry` (train DA's
+RoC law; test DA's and test DA2's resize-then-crop window of the resized image), decodes the
+record with FFCV's libjpeg-turbo call at the smallest DCT scale that keeps the box at least
+K x K pixels (``reduced_decode``; :func:`~fixres_fast.geometry.dct_reduction`), resamples the
+box with PIL's antialiased bilinear filter (the reference's), then flips and jitters in place
+(:mod:`.kernels`). FFCV's own decoders ignore libjpeg's return code and would hand
 over a stale buffer for a damaged record; this one writes :data:`SENTINEL` instead, and the
 loader reports that record by index and source file. The order is a ``TraversalOrder`` that
 reads :class:`~fixres_fast.loaders.sampler.RASampler`, so sharding and RA follow the common law.
@@ -15,6 +17,7 @@ epoch, not the thread that decodes the sample, and the RA copies of an image get
 """
 from __future__ import annotations
 
+import math
 import weakref
 
 import numpy as np
@@ -81,9 +84,9 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
 
     get_crop_generator = None  # the crop comes from box_function
 
-    def __init__(self, spec, epoch_length: int):
+    def __init__(self, spec, epoch_length: int, reduced_decode: bool = True):
         super().__init__((spec.size, spec.size))
-        self.spec, self.epoch_length = spec, epoch_length
+        self.spec, self.epoch_length, self.reduced_decode = spec, epoch_length, reduced_decode
 
     def generate_code(self):
         mem_read, my_range = self.memory_read, Compiler.get_iterator()
@@ -91,6 +94,8 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
         resample, flip_in_place, colour_jitter = kernels.resample, kernels.flip_in_place, kernels.colour_jitter
         trailing_keys, seed, epoch_length = kernels.trailing_keys, seed_draws, self.epoch_length
         box = box_function(self.spec)
+        reduction, reduce = geometry.dct_reduction, self.reduced_decode
+        k, floor, ceil = self.spec.size, math.floor, math.ceil
         flip, jitter, sentinel = bool(getattr(self.spec, "flip", False)), float(getattr(self.spec, "jitter", 0.0)), SENTINEL
 
         def decode(batch_indices, my_storage, metadata, storage_state):
@@ -101,20 +106,28 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
                 field = metadata[batch_indices[dst_ix]]
                 image_data = mem_read(field['data_ptr'], storage_state)
                 height, width = np.uint32(field['height']), np.uint32(field['width'])
-                status = 0
-                if field['mode'] == 0:  # jpg
+                top, left, h, w, scale_y, scale_x, off_y, off_x = box(np.int64(height), np.int64(width))
+                status, s = 0, 1
+                if field['mode'] == 0:  # jpg, decoded at 1/s where the K x K output still needs no upsampling
+                    s = reduction(scale_x * k, scale_y * k, k, k) if reduce else 1
                     temp_buffer = temp_storage[dst_ix]
-                    status = imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1, False, False)
-                    temp_buffer = temp_buffer.reshape(-1)[:3 * height * width].reshape(height, width, 3)
+                    status = imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, s, False, False)
+                    rows, cols = (np.int64(height) + s - 1) // s, (np.int64(width) + s - 1) // s
+                    pixels = temp_buffer.reshape(-1)[:3 * rows * cols].reshape(rows, cols, 3)
                 else:
-                    temp_buffer = image_data.reshape(height, width, 3)
+                    rows, cols = np.int64(height), np.int64(width)
+                    pixels = image_data.reshape(height, width, 3)
                 out = destination[dst_ix]
                 if status != 0:
                     out[:] = 0
                     out[0, :8] = sentinel
-                else:
-                    top, left, h, w, scale_y, scale_x, off_y, off_x = box(np.int64(height), np.int64(width))
-                    resample(temp_buffer, top, left, h, w, scale_y, scale_x, off_y, off_x, out)
+                else:  # the box in the reduced image: its whole-pixel hull, the fractional start as an output offset
+                    sy, sx, y0, x0 = scale_y / s, scale_x / s, top / s, left / s
+                    r_top, r_left = int(floor(y0)), int(floor(x0))
+                    r_h = min(int(ceil((top + h) / s)), rows) - r_top
+                    r_w = min(int(ceil((left + w) / s)), cols) - r_left
+                    resample(pixels, r_top, r_left, r_h, r_w, sy, sx, off_y + (y0 - r_top) / sy,
+                             off_x + (x0 - r_left) / sx, out, s > 1 and sy == 1.0 and sx == 1.0)
                     if flip and np.random.random() < 0.5:
                         flip_in_place(out)
                     if jitter > 0:
@@ -148,7 +161,7 @@ class FFCVLoader(BatchLoader):
         if source.beton is None:
             raise UserError(f"the ffcv backend reads {source.split}.beton, which {source.root} lacks; "
                             "convert with --format beton, or use the dali or torch backend")
-        image = [FixResDecoder(spec, self.epoch_length), ToTensor()]
+        image = [FixResDecoder(spec, self.epoch_length, config.reduced_decode), ToTensor()]
         label = [IntDecoder(), ToTensor()]
         if self.device.type == "cuda":
             image.append(ToDevice(self.device, non_blocking=True))

@@ -21,6 +21,8 @@ import numpy as np
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
+from ..geometry import IDCT_BLUR_TAPS
+
 
 @njit(cache=True)
 def filter_taps(n_out, region_size, scale, offset):
@@ -46,14 +48,38 @@ def filter_taps(n_out, region_size, scale, offset):
     return first, count, weights
 
 
+@njit(cache=True)
+def blur_taps(n_out, region_size, offset):
+    """:func:`filter_taps` for a copy (scale 1, whole-pixel ``offset``) blurred by ``geometry.IDCT_BLUR_TAPS``;
+    a pixel at the region's edge is copied, as PIL's 3 x 3 filters leave the border."""
+    first = np.zeros(n_out, np.int64)
+    count = np.zeros(n_out, np.int64)
+    weights = np.zeros((n_out, 3), np.float32)
+    for i in range(n_out):
+        c = int(round(i + offset))
+        if 0 < c < region_size - 1:
+            first[i], count[i] = c - 1, 3
+            for t in range(3):
+                weights[i, t] = IDCT_BLUR_TAPS[t]
+        else:
+            first[i], count[i], weights[i, 0] = c, 1, 1.0
+    return first, count, weights
+
+
 @njit(cache=True, fastmath=True)
-def resample(src, top, left, height, width, scale_y, scale_x, off_y, off_x, dst):
+def resample(src, top, left, height, width, scale_y, scale_x, off_y, off_x, dst, idct_blur=False):
     """Resize src[top:top+height, left:left+width] by 1/scale and write the window starting at (off_y, off_x) to dst.
 
-    ``src``: C-contiguous HWC uint8; ``dst``: (out_h, out_w, 3) uint8."""
+    ``src``: C-contiguous HWC uint8; ``dst``: (out_h, out_w, 3) uint8. Offsets are in output pixels and may
+    be fractional. ``idct_blur``: the scale is 1 (a copy) because a reduced decode did the downscale; blur
+    with :func:`blur_taps` instead."""
     out_h, out_w = dst.shape[0], dst.shape[1]
-    fy, ny, wy = filter_taps(out_h, height, scale_y, off_y)
-    fx, nx, wx = filter_taps(out_w, width, scale_x, off_x)
+    if idct_blur:
+        fy, ny, wy = blur_taps(out_h, height, off_y)
+        fx, nx, wx = blur_taps(out_w, width, off_x)
+    else:
+        fy, ny, wy = filter_taps(out_h, height, scale_y, off_y)
+        fx, nx, wx = filter_taps(out_w, width, scale_x, off_x)
     col_lo = fx[0]
     ncol = fx[out_w - 1] + nx[out_w - 1] - col_lo  # the source columns any output pixel reads
     n = ncol * 3

@@ -55,23 +55,8 @@ def pil_transform(spec):
     return v2.Compose(steps)
 
 
-#: libjpeg's DCT scalings that PIL's ``draft`` offers: decode at 1/8, 1/4, 1/2 or full size.
-SCALES = (8, 4, 2, 1)
-#: Where libjpeg's scaled IDCT does the whole downscale (the box is exactly K x K once reduced, as test DA
-#: at 224 on a 512-px image), PIL's resize degenerates to a copy and the reference's antialias blur
-#: (bilinear taps 1, 3, 3, 1 / 8 at scale 2) is missing: this 3 x 3 kernel, (0.1, 0.8, 0.1) on each axis,
-#: stands in for it. On the test photos it brings the mean difference to the reference from ~2.9 grey
-#: levels to ~1.1; where a resize by more than 1 follows, the resize's own filter already matches better.
-IDCT_BLUR = ImageFilter.Kernel((3, 3), [0.01, 0.08, 0.01, 0.08, 0.64, 0.08, 0.01, 0.08, 0.01], scale=1)
-
-
-def reduction(region_w: float, region_h: float, out_w: int, out_h: int) -> int:
-    """The largest libjpeg scale-down s in :data:`SCALES` whose reduced region is still at least the
-    output size (``region / s >= out`` on both axes): the reduction never adds upsampling."""
-    for s in SCALES:
-        if region_w >= s * out_w and region_h >= s * out_h:
-            return s
-    return 1
+#: the 3 x 3 kernel of :data:`~fixres_fast.geometry.IDCT_BLUR_TAPS`, for PIL
+IDCT_BLUR = ImageFilter.Kernel((3, 3), [a * b for a in geometry.IDCT_BLUR_TAPS for b in geometry.IDCT_BLUR_TAPS], scale=1)
 
 
 def draft(im, scale: int) -> int:
@@ -127,7 +112,7 @@ class ReducedDecode:
         """``im``: a PIL image as ``Image.open`` returns it (not yet decoded); ``box``: (x0, y0, x1, y1)
         in its full-size pixels, or None to draw it (:meth:`box`). Returns the K x K RGB PIL image."""
         x0, y0, x1, y1 = self.box(im) if box is None else box
-        s = draft(im, reduction(x1 - x0, y1 - y0, self.k, self.k))
+        s = draft(im, _py(geometry.dct_reduction)(x1 - x0, y1 - y0, self.k, self.k))
         img = im.convert("RGB")
         if s > 1 and abs((x1 - x0) / s - self.k) < 1e-6 and abs((y1 - y0) / s - self.k) < 1e-6:
             img = img.filter(IDCT_BLUR)  # libjpeg did the whole downscale: the resize below only copies
