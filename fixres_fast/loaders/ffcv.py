@@ -151,6 +151,8 @@ class SamplerOrder(TraversalOrder):
         """The sampler's ids for the owner's epoch (FFCV's own count, ``epoch``, is not used), keyed."""
         owner, config = self.owner, self.owner.config
         indices = owner.epoch_indices()
+        if len(indices) != owner.epoch_length:  # the decoder reads the keys epoch_length places after the ids
+            raise RuntimeError(f"epoch of {len(indices)} samples, the decoder was built for {owner.epoch_length}")
         keys = np.random.default_rng([config.seed, config.rank, owner.epoch]).integers(2 ** 32, size=len(indices))
         return kernels.keyed_order(indices, keys)
 
