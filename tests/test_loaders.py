@@ -310,14 +310,6 @@ def test_augmentations_follow_the_seed(ramp_records, backend):
         assert torch.equal(a, first_batch(3, workers=1)) and not torch.equal(a, first_batch(3, epoch=1))
 
 
-def test_ffcv_ra_copies_get_their_own_draws(ramp_records):
-    """Each position of an epoch has its own key: the M copies of an image in one batch differ (flip/box/jitter)."""
-    loader = make_loader("ffcv", make_spec("train", K), ramp_records, "train", batch_size=REPEATS, repeats=REPEATS,
-                         workers=2, seed=1)
-    for x, _ in loader:  # with repeats=M the M copies of an image are consecutive: one batch of M
-        assert all(not torch.equal(x[i], x[j]) for i in range(REPEATS) for j in range(i))
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_dropped_loader_is_freed_at_once(imagenet_records, backend):
     """No reference cycle: `del loader` frees it (DALI's pipeline, FFCV's buffers, torch's workers) without the

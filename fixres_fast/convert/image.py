@@ -24,6 +24,8 @@ from . import transcode
 MAX_PIXELS = 30_000 * 30_000
 EXIF_ORIENTATION = 0x0112
 WRITE_MODES = ("jpg", "raw")
+#: ``Prepared.fix`` of a progressive JPEG rewritten losslessly as a sequential one
+SEQUENTIAL_FIX = "progressive"
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def _prepare(data: bytes, max_side: int, quality: int, write_mode: str, sequenti
     if not fixes and write_mode == "jpg":
         if sequential and im.info.get("progressive") and transcode.available():
             try:
-                return Prepared(transcode.to_sequential(data), w, h, "progressive")  # reads every scan: a check too
+                return Prepared(transcode.to_sequential(data), w, h, SEQUENTIAL_FIX)  # reads every scan: a check too
             except ValueError:
                 pass  # libjpeg warned (damaged data): kept as it is if PIL decodes it, like a damaged sequential file
         im.draft("RGB", (max(1, w // 8), max(1, h // 8)))

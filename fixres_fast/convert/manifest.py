@@ -9,6 +9,7 @@ from pathlib import Path
 from .. import __version__
 from ..spec import k_test_image
 from .beton import VERSION as BETON_VERSION
+from .image import SEQUENTIAL_FIX
 from .recordio import IMAGE_HEADER, MAGIC
 
 BETON_FIELDS = {"image": "RGBImageField", "label": "IntField"}
@@ -67,8 +68,10 @@ def _reason_kind(reason: str) -> str:
 def summarise(manifest: dict, out: Path, log) -> None:
     for name, s in manifest["splits"].items():
         fixes = dict(s["reencoded"])
-        parts = [f"{n} progressive rewritten as sequential" for n in [fixes.pop("progressive", 0)] if n]
-        parts += ["re-encoded: " + ", ".join(f"{k} {v}" for k, v in sorted(fixes.items()))] if fixes else []
+        lossless = fixes.pop(SEQUENTIAL_FIX, 0)
+        parts = [f"{lossless} progressive rewritten as sequential"] if lossless else []
+        if fixes:
+            parts.append("re-encoded: " + ", ".join(f"{k} {v}" for k, v in sorted(fixes.items())))
         log(f"{name}: {s['count']} records{' (' + '; '.join(parts) + ')' if parts else ''}, "
             f"{len(s['skipped'])} skipped")
     for w in manifest["warnings"]:

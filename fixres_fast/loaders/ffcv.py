@@ -150,9 +150,7 @@ class SamplerOrder(TraversalOrder):
     def sample_order(self, epoch):
         """The sampler's ids for the owner's epoch (FFCV's own count, ``epoch``, is not used), keyed."""
         owner, config = self.owner, self.owner.config
-        indices = owner.epoch_indices()
-        if len(indices) != owner.epoch_length:  # the decoder reads the keys epoch_length places after the ids
-            raise RuntimeError(f"epoch of {len(indices)} samples, the decoder was built for {owner.epoch_length}")
+        indices = owner.epoch_indices()  # epoch_length ids: the decoder reads their keys epoch_length places on
         keys = np.random.default_rng([config.seed, config.rank, owner.epoch]).integers(2 ** 32, size=len(indices))
         return kernels.keyed_order(indices, keys)
 
