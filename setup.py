@@ -1,4 +1,4 @@
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 setup(
     name="fixres-fast",
@@ -8,6 +8,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["fixres_fast", "fixres_fast.*"]),
+    # region decoding for the ffcv backend: libjpeg's API (Debian: libjpeg62-turbo-dev; libjpeg-turbo >= 1.5)
+    ext_modules=[Extension("fixres_fast.loaders._jpeg", ["fixres_fast/loaders/_jpeg.c"], libraries=["jpeg"])],
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

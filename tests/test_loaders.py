@@ -120,9 +120,22 @@ def test_batch_contract(test_batches, imagenet_records, backend):
         assert -3 < float(images.mean()) < 3 and labels.dtype == torch.int64
 
 
-@pytest.mark.parametrize("backend,mean_tol,max_tol", [("dali", 0.5, 1.01), ("ffcv", 1.5, 12)])
+def test_cpu_normalisation_is_torchs_arithmetic():
+    """to_batch on the CPU (one compiled pass) = torch's (x - mean) * (1 / std), bit for bit, channels_last;
+    a strided input view is read as the pixels it shows."""
+    from fixres_fast.loaders.common import to_batch
+
+    nhwc = torch.randint(0, 256, (5, 34, 19, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for view in (nhwc, nhwc[:, ::2]):
+        images, labels = to_batch(view, np.arange(5), torch.device("cpu"))
+        want = view.permute(0, 3, 1, 2).float().sub_(MEAN).mul_(1 / STD)
+        assert torch.equal(images, want) and images.is_contiguous(memory_format=torch.channels_last)
+        assert labels.dtype == torch.int64 and labels.tolist() == list(range(5))
+
+
+@pytest.mark.parametrize("backend,mean_tol,max_tol", [("dali", 0.5, 1.01), ("ffcv", 0.5, 1.01)])
 def test_test_da_agrees_with_torchvision(test_batches, backend, mean_tol, max_tol):
-    # DALI decodes with libjpeg-turbo's accurate IDCT like PIL; FFCV's library uses the fast IDCT
+    # DALI and the ffcv backend (kernels.decode_region) decode with libjpeg's accurate IDCT, as PIL does
     for split in ("val", "train"):
         diff = (pixels(test_batches[backend][split][0]) - pixels(test_batches["torch"][split][0])).abs()
         assert float(diff.mean()) < mean_tol and float(diff.max()) < max_tol, f"{backend} {split}"
@@ -265,6 +278,59 @@ def test_ffcv_resample_kernel_is_pils_filter(photos, top, left, h, w, k):
     got = np.empty((k, k, 3), np.uint8)
     resample(src, 0, 0, im.height, im.width, im.height / rh, im.width / rw, oy, ox, got)
     assert np.abs(got.astype(int) - resized[oy:oy + k, ox:ox + k]).max() <= 1
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_region_decode_is_the_full_decode_restricted(photos, scale):
+    """kernels.decode_region (libjpeg skipping rows, cropping columns, at 1/scale): exactly the pixels a full
+    decode gives there (at scale 1: PIL's), for progressive photos and their sequential rewrites, on regions at
+    the corners, across MCU edges and at random."""
+    import io
+
+    from PIL import Image
+
+    from fixres_fast.convert import transcode
+    from fixres_fast.loaders.kernels import decode_region
+
+    rng = np.random.default_rng(scale)
+    for photo in photos[:3] + photos[-1:]:  # the last one is 1024 x 683
+        progressive = open(photo, "rb").read()
+        for data in (progressive, transcode.to_sequential(progressive)):
+            im, jpeg = Image.open(io.BytesIO(data)), np.frombuffer(data, np.uint8)
+            h, w = -(-im.height // scale), -(-im.width // scale)
+            dst, held = np.empty(h * w * 3, np.uint8), np.zeros(4, np.int32)
+            assert decode_region(jpeg, scale, 0, 0, h, w, dst, held) == 0 and held.tolist() == [0, 0, h, w]
+            full = dst.reshape(h, w, 3).copy()
+            if scale == 1:
+                assert np.array_equal(full, np.asarray(im.convert("RGB")))
+            regions = [(0, 0, 1, 1), (h - 1, w - 1, 1, 1), (7, 15, 2, 3), (h // 3, w // 3, h // 3, w // 2)]
+            for _ in range(6):
+                top, left = int(rng.integers(0, h)), int(rng.integers(0, w))
+                regions.append((top, left, int(rng.integers(1, h - top + 1)), int(rng.integers(1, w - left + 1))))
+            for top, left, rh, rw in regions:
+                assert decode_region(jpeg, scale, top, left, rh, rw, dst, held) == 0
+                first_row, first_col, rows, cols = held.tolist()
+                assert (first_row, rows) == (top, rh) and first_col <= left and first_col + cols >= left + rw
+                got = dst[:rows * cols * 3].reshape(rows, cols, 3)[:, left - first_col:left - first_col + rw]
+                assert np.array_equal(got, full[top:top + rh, left:left + rw]), (photo, top, left, rh, rw)
+
+
+def test_region_decode_reports_bad_input(photos):
+    """Not a JPEG, a cut header, damaged scan data, a region outside the image, a buffer too small: each has
+    its own failure code, never 0 (the ffcv decoder then writes SENTINEL and the loader names the record)."""
+    from fixres_fast.convert import transcode
+    from fixres_fast.loaders.kernels import decode_region
+
+    data = np.frombuffer(transcode.to_sequential(open(photos[0], "rb").read()), np.uint8)
+    dst, held = np.empty(512 * 512 * 3, np.uint8), np.zeros(4, np.int32)
+    assert decode_region(data, 1, 0, 0, 512, 512, dst, held) == 0
+    assert decode_region(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8), 1, 0, 0, 8, 8, dst, held) == -1
+    assert decode_region(data[:300].copy(), 1, 0, 0, 8, 8, dst, held) == -1
+    damaged = data.copy()
+    damaged[len(data) // 2:len(data) // 2 + 400] = np.random.default_rng(1).integers(0, 256, 400, dtype=np.uint8)
+    assert decode_region(damaged, 1, 0, 0, 512, 512, dst, held) in (-1, -4)
+    assert decode_region(data, 2, 200, 0, 100, 10, dst, held) == -2  # rows 200-299 of a 256-row image
+    assert decode_region(data, 1, 0, 0, 512, 512, dst[:1000], held) == -3
 
 
 def test_ffcv_colour_jitter_kernel_is_torchvisions(photos):

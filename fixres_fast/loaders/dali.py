@@ -39,9 +39,12 @@ class _Feed:
         source, spec = self.owner.source, self.owner.spec
         for idx in self.owner.batches():
             self.fed.append(idx)
-            jpegs = [source.read(int(i)) for i in idx]
-            boxes = roc_boxes(jpegs, spec) if isinstance(spec, TrainDA) else np.zeros((len(idx), 4), np.float32)
-            yield jpegs, source.labels[idx].astype(np.int32).reshape(-1, 1), boxes[:, :2].copy(), boxes[:, 2:].copy()
+            jpegs, labels = [source.read(int(i)) for i in idx], source.labels[idx].astype(np.int32).reshape(-1, 1)
+            if isinstance(spec, TrainDA):  # and the RoCs' anchors and shapes
+                boxes = roc_boxes(jpegs, spec)
+                yield jpegs, labels, boxes[:, :2].copy(), boxes[:, 2:].copy()
+            else:
+                yield jpegs, labels
 
 
 def roc_boxes(jpegs, spec) -> np.ndarray:
@@ -94,9 +97,10 @@ def _centre_position(slack):
 
 @pipeline_def
 def fixres_pipeline(feed, spec, decoder: str):
-    jpegs, labels, anchor, shape = fn.external_source(source=feed, num_outputs=4, batch=True, cycle="raise",
-                                                      dtype=[types.UINT8, types.INT32, types.FLOAT, types.FLOAT])
-    images, crop = decode_and_crop(jpegs, anchor, shape, spec, decoder)
+    outputs = 4 if isinstance(spec, TrainDA) else 2  # see _Feed
+    jpegs, labels, *box = fn.external_source(source=feed, num_outputs=outputs, batch=True, cycle="raise",
+                                             dtype=[types.UINT8, types.INT32, types.FLOAT, types.FLOAT][:outputs])
+    images, crop = decode_and_crop(jpegs, *(box or (None, None)), spec, decoder)
     j = getattr(spec, "jitter", 0.0)
     if j:
         factor = dict(range=[max(0.0, 1 - j), 1 + j])

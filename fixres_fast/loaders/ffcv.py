@@ -1,11 +1,12 @@
 """FFCV backend: the ``.beton``, decoded by one numba-compiled decoder that fuses every mode.
 
 :class:`FixResDecoder` takes a record's crop box from :mod:`fixres_fast.geometry` (train DA's
-RoC law; test DA's and test DA2's resize-then-crop window of the resized image), decodes the
-record with FFCV's libjpeg-turbo call at the smallest DCT scale that keeps the box at least
-K x K pixels (``reduced_decode``; :func:`~fixres_fast.geometry.dct_reduction`), resamples the
-box with PIL's antialiased bilinear filter (the reference's), then flips and jitters in place
-(:mod:`.kernels`). FFCV's own decoders ignore libjpeg's return code and would hand
+RoC law; test DA's and test DA2's resize-then-crop window of the resized image), decodes only the
+rows and columns of the record that the box's resampling reads (:func:`.kernels.decode_region`:
+libjpeg skips the rows above, stops below and crops the columns), at the smallest DCT scale that
+keeps the box at least K x K pixels (``reduced_decode``; :func:`~fixres_fast.geometry.dct_reduction`),
+resamples the box with PIL's antialiased bilinear filter (the reference's), then flips and jitters
+in place (:mod:`.kernels`). FFCV's own decoders ignore libjpeg's return code and would hand
 over a stale buffer for a damaged record; this one writes :data:`SENTINEL` instead, and the
 loader reports that record by index and source file. The order is a ``TraversalOrder`` that
 reads :class:`~fixres_fast.loaders.sampler.RASampler`, so sharding and RA follow the common law.
@@ -17,14 +18,12 @@ epoch, not the thread that decodes the sample, and the RA copies of an image get
 """
 from __future__ import annotations
 
-import math
 import weakref
 
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
-from ffcv.libffcv import imdecode
 from ffcv.loader import Loader
 from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import ToDevice, ToTensor
@@ -71,11 +70,11 @@ def box_function(spec):
 _COMPILED: list = []
 
 
-def _imdecode():
-    """FFCV's libjpeg-turbo call, compiled for one loader (as FFCV's own decoders do) and kept for the life of
-    the process: numba's finalizer of a dropped one prints a KeyError. (One dispatcher shared by several
-    loaders is worse: the second loader's compilation fails with that KeyError.)"""
-    _COMPILED.append(Compiler.compile(imdecode))
+def _decode_region():
+    """:func:`.kernels.decode_region` (a ctypes call), compiled for one loader as FFCV compiles its own libjpeg call,
+    and kept for the life of the process: numba's finalizer of a dropped one prints a KeyError, and one dispatcher
+    shared by several loaders is worse (the second loader's compilation fails with that KeyError)."""
+    _COMPILED.append(Compiler.compile(kernels.decode_region))
     return _COMPILED[-1]
 
 
@@ -90,44 +89,45 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
 
     def generate_code(self):
         mem_read, my_range = self.memory_read, Compiler.get_iterator()
-        imdecode_c = _imdecode()
+        decode_region, reduced_box = _decode_region(), kernels.reduced_box
         resample, flip_in_place, colour_jitter = kernels.resample, kernels.flip_in_place, kernels.colour_jitter
         trailing_keys, seed, epoch_length = kernels.trailing_keys, seed_draws, self.epoch_length
         box = box_function(self.spec)
         reduction, reduce = geometry.dct_reduction, self.reduced_decode
-        k, floor, ceil = self.spec.size, math.floor, math.ceil
+        k = self.spec.size
         flip, jitter, sentinel = bool(getattr(self.spec, "flip", False)), float(getattr(self.spec, "jitter", 0.0)), SENTINEL
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
             keys = trailing_keys(batch_indices, epoch_length)
+            regions = np.zeros((len(batch_indices), 4), np.int32)  # what decode_region decoded, per sample
             for dst_ix in my_range(len(batch_indices)):
                 seed(keys[dst_ix])
                 field = metadata[batch_indices[dst_ix]]
                 image_data = mem_read(field['data_ptr'], storage_state)
-                height, width = np.uint32(field['height']), np.uint32(field['width'])
-                top, left, h, w, scale_y, scale_x, off_y, off_x = box(np.int64(height), np.int64(width))
-                status, s = 0, 1
-                if field['mode'] == 0:  # jpg, decoded at 1/s where the K x K output still needs no upsampling
-                    s = reduction(scale_x * k, scale_y * k, k, k) if reduce else 1
-                    temp_buffer = temp_storage[dst_ix]
-                    status = imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, s, False, False)
-                    rows, cols = (np.int64(height) + s - 1) // s, (np.int64(width) + s - 1) // s
-                    pixels = temp_buffer.reshape(-1)[:3 * rows * cols].reshape(rows, cols, 3)
+                height, width = np.int64(field['height']), np.int64(field['width'])
+                top, left, h, w, scale_y, scale_x, off_y, off_x = box(height, width)
+                jpeg = field['mode'] == 0
+                # a JPEG decodes at 1/s where the K x K output still needs no upsampling, and only the region
+                # of it that the resampling reads
+                s = reduction(scale_x * k, scale_y * k, k, k) if reduce and jpeg else 1
+                (r_top, r_left, r_h, r_w, sy, sx, o_y, o_x, blur), region = reduced_box(
+                    height, width, k, s, top, left, h, w, scale_y, scale_x, off_y, off_x)
+                status = 0
+                if jpeg:
+                    temp_buffer, held = temp_storage[dst_ix].reshape(-1), regions[dst_ix]
+                    status = decode_region(image_data, s, region[0], region[1], region[2], region[3], temp_buffer, held)
+                    pixels = temp_buffer[:3 * held[2] * held[3]].reshape(held[2], held[3], 3)
+                    src_top, src_left = r_top - held[0], r_left - held[1]  # the box's corner in what was decoded
                 else:
-                    rows, cols = np.int64(height), np.int64(width)
                     pixels = image_data.reshape(height, width, 3)
+                    src_top, src_left = r_top, r_left
                 out = destination[dst_ix]
                 if status != 0:
                     out[:] = 0
                     out[0, :8] = sentinel
-                else:  # the box in the reduced image: its whole-pixel hull, the fractional start as an output offset
-                    sy, sx, y0, x0 = scale_y / s, scale_x / s, top / s, left / s
-                    r_top, r_left = int(floor(y0)), int(floor(x0))
-                    r_h = min(int(ceil((top + h) / s)), rows) - r_top
-                    r_w = min(int(ceil((left + w) / s)), cols) - r_left
-                    resample(pixels, r_top, r_left, r_h, r_w, sy, sx, off_y + (y0 - r_top) / sy,
-                             off_x + (x0 - r_left) / sx, out, s > 1 and sy == 1.0 and sx == 1.0)
+                else:
+                    resample(pixels, src_top, src_left, r_h, r_w, sy, sx, o_y, o_x, out, blur)
                     if flip and np.random.random() < 0.5:
                         flip_in_place(out)
                     if jitter > 0:
