@@ -20,7 +20,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from ffcv.libffcv import imdecode  # noqa: E402
 
-from fixres_fast import geometry  # noqa: E402
 from fixres_fast.convert.beton import BetonReader  # noqa: E402
 from fixres_fast.loaders import kernels  # noqa: E402
 from fixres_fast.loaders.ffcv import box_function  # noqa: E402
@@ -32,8 +31,7 @@ def regions(spec, sizes):
     box, k, out = box_function(spec), spec.size, []
     for h, w in sizes:
         top, left, bh, bw, scale_y, scale_x, off_y, off_x = box(np.int64(h), np.int64(w))
-        s = geometry.dct_reduction(scale_x * k, scale_y * k, k, k)
-        _, region = kernels.reduced_box(h, w, k, s, top, left, bh, bw, scale_y, scale_x, off_y, off_x)
+        s, _, region = kernels.reduced_box(h, w, k, True, top, left, bh, bw, scale_y, scale_x, off_y, off_x)
         out.append((s, *region))
     return out
 

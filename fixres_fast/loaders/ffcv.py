@@ -93,8 +93,7 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
         resample, flip_in_place, colour_jitter = kernels.resample, kernels.flip_in_place, kernels.colour_jitter
         trailing_keys, seed, epoch_length = kernels.trailing_keys, seed_draws, self.epoch_length
         box = box_function(self.spec)
-        reduction, reduce = geometry.dct_reduction, self.reduced_decode
-        k = self.spec.size
+        k, reduce = self.spec.size, self.reduced_decode
         flip, jitter, sentinel = bool(getattr(self.spec, "flip", False)), float(getattr(self.spec, "jitter", 0.0)), SENTINEL
 
         def decode(batch_indices, my_storage, metadata, storage_state):
@@ -110,9 +109,8 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
                 jpeg = field['mode'] == 0
                 # a JPEG decodes at 1/s where the K x K output still needs no upsampling, and only the region
                 # of it that the resampling reads
-                s = reduction(scale_x * k, scale_y * k, k, k) if reduce and jpeg else 1
-                (r_top, r_left, r_h, r_w, sy, sx, o_y, o_x, blur), region = reduced_box(
-                    height, width, k, s, top, left, h, w, scale_y, scale_x, off_y, off_x)
+                s, (r_top, r_left, r_h, r_w, sy, sx, o_y, o_x, blur), region = reduced_box(
+                    height, width, k, reduce and jpeg, top, left, h, w, scale_y, scale_x, off_y, off_x)
                 status = 0
                 if jpeg:
                     temp_buffer, held = temp_storage[dst_ix].reshape(-1), regions[dst_ix]

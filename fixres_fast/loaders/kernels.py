@@ -24,7 +24,7 @@ import numpy as np
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
-from ..geometry import IDCT_BLUR_TAPS
+from ..geometry import IDCT_BLUR_TAPS, dct_reduction
 from . import _jpeg
 
 
@@ -78,11 +78,13 @@ def tap_span(n_out, region_size, scale, offset, idct_blur):
 
 
 @njit(cache=True)
-def reduced_box(height, width, k, s, top, left, h, w, scale_y, scale_x, off_y, off_x):
-    """A box drawn on the full-size ``height`` x ``width`` image (with :func:`resample`'s arguments for it), in
-    the image decoded at 1/``s``: ``(top, left, h, w, scale_y, scale_x, off_y, off_x, idct_blur)`` for
-    :func:`resample` there (the box's whole-pixel hull, its fractional start as an output offset), and the
-    ``(top, left, h, w)`` of the pixels that resampling reads, the region to decode."""
+def reduced_box(height, width, k, reduce, top, left, h, w, scale_y, scale_x, off_y, off_x):
+    """Where to decode a box drawn on the full-size ``height`` x ``width`` image (with :func:`resample`'s arguments
+    for a K x K output): the DCT scale 1/s (with ``reduce``, the smallest that needs no upsampling,
+    :func:`~fixres_fast.geometry.dct_reduction`; else 1); ``(top, left, h, w, scale_y, scale_x, off_y, off_x,
+    idct_blur)`` for :func:`resample` in the image at 1/s (the box's whole-pixel hull, its fractional start as an
+    output offset); and the ``(top, left, h, w)`` of the pixels that resampling reads, the region to decode."""
+    s = dct_reduction(scale_x * k, scale_y * k, k, k) if reduce else 1
     sy, sx, y0, x0 = scale_y / s, scale_x / s, top / s, left / s
     r_top, r_left = int(math.floor(y0)), int(math.floor(x0))
     r_h = min(int(math.ceil((top + h) / s)), (height + s - 1) // s) - r_top
@@ -90,7 +92,7 @@ def reduced_box(height, width, k, s, top, left, h, w, scale_y, scale_x, off_y, o
     o_y, o_x, blur = off_y + (y0 - r_top) / sy, off_x + (x0 - r_left) / sx, s > 1 and sy == 1.0 and sx == 1.0
     y_lo, y_hi = tap_span(k, r_h, sy, o_y, blur)
     x_lo, x_hi = tap_span(k, r_w, sx, o_x, blur)
-    return (r_top, r_left, r_h, r_w, sy, sx, o_y, o_x, blur), (r_top + y_lo, r_left + x_lo, y_hi - y_lo, x_hi - x_lo)
+    return s, (r_top, r_left, r_h, r_w, sy, sx, o_y, o_x, blur), (r_top + y_lo, r_left + x_lo, y_hi - y_lo, x_hi - x_lo)
 
 
 @njit(cache=True, fastmath=True)
