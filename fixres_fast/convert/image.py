@@ -7,12 +7,14 @@ scale (libjpeg's DCT scaling still reads every entropy-coded byte, so truncation
 is caught, at a fraction of a full decode's cost). A progressive one is rewritten
 as a sequential JPEG of the same coefficients (:mod:`.transcode`: the same pixels,
 decoded 2-2.7x faster; ``sequential=False`` keeps it as it is). Everything else
-(PNG data in a .JPEG, CMYK, greyscale, rotated, too large) is decoded, fixed and
-re-encoded once.
+(PNG data in a .JPEG, CMYK, greyscale, 16-bit, rotated, too large, animated: its first
+frame) is decoded, fixed and re-encoded once. An image of more than :data:`MAX_PIXELS`
+is skipped on its header's size, before any decoding.
 """
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +28,8 @@ EXIF_ORIENTATION = 0x0112
 WRITE_MODES = ("jpg", "raw")
 #: ``Prepared.fix`` of a progressive JPEG rewritten losslessly as a sequential one
 SEQUENTIAL_FIX = "progressive"
+#: ``Prepared.fix`` of an animated image (GIF, APNG, WebP, multi-page TIFF): its first frame is stored
+FIRST_FRAME = "animated (first frame)"
 
 
 @dataclass(frozen=True)
@@ -49,15 +53,19 @@ def prepare(path: str, max_side: int, jpeg_quality: int = 90, write_mode: str = 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         return _prepare(data, max_side, jpeg_quality, write_mode, sequential)
-    except Image.DecompressionBombError:
-        return f"image larger than {MAX_PIXELS} pixels"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return f"image larger than {MAX_PIXELS} pixels (a likely decompression bomb)"
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         return f"undecodable image ({type(e).__name__}: {e})"
 
 
 def _prepare(data: bytes, max_side: int, quality: int, write_mode: str, sequential: bool) -> Prepared:
-    im = Image.open(io.BytesIO(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        im = Image.open(io.BytesIO(data))
     w, h = im.size
+    if w * h > MAX_PIXELS:  # from the header: checked before anything is decoded
+        raise Image.DecompressionBombError(f"{w} x {h}")
     fixes = _needed_fixes(im, max_side)
     if not fixes and write_mode == "jpg":
         if sequential and im.info.get("progressive") and transcode.available():
@@ -94,12 +102,17 @@ def _needed_fixes(im: Image.Image, max_side: int) -> list[str]:
         fixes.append("exif rotation")
     if max(im.size) > max_side:
         fixes.append("resized")
+    if getattr(im, "n_frames", 1) > 1:
+        fixes.append(FIRST_FRAME)
     return fixes
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
         return im
+    if im.mode == "I" or im.mode.startswith("I;16"):  # 16-bit greyscale (PNG, TIFF): 0..65535 -> 0..255
+        grey = np.asarray(im).astype(np.float64) / 257
+        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L").convert("RGB")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import UserError
 
 #: File suffixes read as images by the folder and ImageNet layouts (case-insensitive).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 class LayoutError(UserError):
