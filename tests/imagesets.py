@@ -29,3 +29,42 @@ def ramp_tree(root: Path, copies: int = 2) -> None:
         d.mkdir(parents=True, exist_ok=True)
         for c in range(copies):
             write_ramp(d / f"ramp{c}.jpg", h, w)
+
+
+# --- hostile inputs: written byte by byte where PIL would not write them -------------------------
+
+def write_png(dst: Path, width: int, height: int, bit_depth: int, color_type: int, rows) -> None:
+    """A PNG from its filtered-out scanlines: ``rows`` yields each row's bytes (filter type 0 is prepended)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(b"\0" + row) for row in rows) + z.flush()
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    dst.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def write_png16(dst: Path, pixels) -> None:
+    """A 16-bit PNG of ``pixels`` (uint16, HxW greyscale or HxWx3 RGB, i.e. 48-bit)."""
+    import numpy as np
+
+    big = np.asarray(pixels).astype(">u2")
+    write_png(dst, big.shape[1], big.shape[0], 16, 2 if big.ndim == 3 else 0, (r.tobytes() for r in big))
+
+
+def write_bomb_png(dst: Path, side: int = 31_000) -> None:
+    """A side x side 1-bit black PNG: ~120 KB on disk, ~1 GB of pixels once decoded (as PIL holds them)."""
+    row = bytes((side + 7) // 8)
+    write_png(dst, side, side, 1, 0, (row for _ in range(side)))
+
+
+#: colours of the frames of :func:`write_animated_gif`
+GIF_FRAMES = ((200, 30, 30), (30, 200, 30), (30, 30, 200))
+
+
+def write_animated_gif(dst: Path, size=(48, 32)) -> None:
+    frames = [Image.new("RGB", size, c) for c in GIF_FRAMES]
+    frames[0].save(dst, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)

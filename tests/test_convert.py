@@ -10,6 +10,7 @@ from PIL import Image
 
 from fixres_fast.convert import ConvertConfig, beton, convert, transcode, verify
 from fixres_fast.convert.beton import BetonReader
+from fixres_fast.convert.index import read_index
 from fixres_fast.convert.recordio import read_records
 from fixres_fast.convert.verify import read_beton_labels, read_recordio_labels
 from fixres_fast.cli import main
@@ -23,8 +24,8 @@ def quiet(*_):
 
 
 def index_rows(out, split):
-    lines = (out / f"{split}.index.tsv").read_text().splitlines()[1:]
-    return [(int(r), int(lab), path) for r, lab, path in (line.split("\t") for line in lines)]
+    labels, paths = read_index(out / f"{split}.index.tsv")
+    return [(r, int(lab), path) for r, (lab, path) in enumerate(zip(labels, paths))]
 
 
 def beton_images(path):

@@ -1,4 +1,6 @@
 """Interrupted conversions leave no half-written file under a final name; reruns resume or restart and say so."""
+import json
+import os
 import shutil
 import signal
 import subprocess
@@ -23,11 +25,19 @@ def many_photos(root, photos, copies=25):
                 shutil.copy(p, d / f"{k}_{j}.jpg")
 
 
-def start(src, out, *extra):
+def command(src, out, *extra):
     # --max-side 200 makes every image a re-encode: slow enough to be interrupted half-way
-    cmd = [sys.executable, "-m", "fixres_fast.cli", "convert", "folder", str(src), str(out),
-           "--max-side", "200", "--workers", "1", "--shards", "2", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return [sys.executable, "-m", "fixres_fast.cli", "convert", "folder", str(src), str(out),
+            "--max-side", "200", "--workers", "1", "--shards", "2", *extra]
+
+
+def start(src, out, *extra, **popen):
+    return subprocess.Popen(command(src, out, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **popen)
+
+
+def error_lines(text):
+    return [s for s in text.splitlines() if s.startswith("Error: ")]
 
 
 def wait_for_partial(proc, out, timeout=60):
@@ -67,15 +77,62 @@ def test_kill_9_leaves_only_partial_files_and_rerun_resumes(tree, tmp_path):
     assert verify(out, workers=2, log=lambda *_: None)["train"]["count"] == 500
 
 
-def test_ctrl_c_cleans_up_and_says_so(tree, tmp_path):
+def test_ctrl_c_leaves_no_final_file_and_says_so_only(tree, tmp_path):
+    """Ctrl-C at a terminal reaches the whole process group: the encoding processes too. One clean line."""
     out = tmp_path / "out"
-    proc = start(tree, out)
+    proc = start(tree, out, "--workers", "2", start_new_session=True)
     wait_for_partial(proc, out)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     text, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1
-    assert "interrupted" in text and "Traceback" not in text
-    assert finals(out) == [] and not list(out.glob("*.partial"))
+    assert error_lines(text) == ["Error: interrupted; no half-written file was left under a final name"], text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert finals(out) == []
+    rerun = subprocess.run(command(tree, out), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert not list(out.glob("*.partial")) and verify(out, workers=2, log=lambda *_: None)["train"]["count"] == 500
+
+
+def checksums(out):
+    return {f["name"]: f["sha256"] for s in json.loads((out / "manifest.json").read_text())["splits"].values()
+            for f in s["files"]}
+
+
+def test_kill_9_mid_split_resumes_at_the_last_checkpoint_with_the_same_bytes(tree, tmp_path):
+    out = tmp_path / "out"
+    proc = start(tree, out)
+    state = out / ".convert-state.json"
+    t0 = time.monotonic()
+    while not (state.is_file() and "current" in json.loads(state.read_text() or "{}")):
+        assert proc.poll() is None and time.monotonic() - t0 < 120, "no checkpoint was written"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert finals(out) == []
+    at = json.loads(state.read_text())["current"]["position"]
+    assert 0 < at < 500
+    rerun = subprocess.run(command(tree, out), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"resuming: split train from image {at} of 500" in rerun.stdout, rerun.stdout
+    assert not list(out.glob("*.partial"))
+    whole = tmp_path / "whole"
+    convert(ConvertConfig(layout="folder", src=str(tree), out=str(whole), max_side=200, shards=2, workers=2),
+            log=lambda *_: None)
+    assert checksums(out) == checksums(whole)
+    assert verify(out, workers=2, log=lambda *_: None)["train"]["count"] == 500
+
+
+def test_a_second_conversion_into_the_same_out_stops_at_once(tree, tmp_path):
+    out = tmp_path / "out"
+    first = start(tree, out)
+    wait_for_partial(first, out)
+    second = subprocess.run(command(tree, out), capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    [line] = error_lines(second.stdout + second.stderr)
+    assert f"is being written by another conversion (pid {first.pid} on host" in line, line
+    text, _ = first.communicate(timeout=120)
+    assert first.returncode == 0, text
+    assert verify(out, workers=2, log=lambda *_: None)["train"]["count"] == 500
 
 
 def test_rerun_of_finished_conversion_and_changed_options(tree, tmp_path, photos):
@@ -95,3 +152,20 @@ def test_rerun_of_finished_conversion_and_changed_options(tree, tmp_path, photos
     m = convert(ConvertConfig(**{**other.__dict__, "overwrite": True}), log=lines.append)
     assert any(s.startswith("restarting from scratch (--overwrite)") for s in lines)
     assert m["options"]["max_side"] == 300
+
+
+def test_a_changed_source_is_noticed(tmp_path, photos):
+    src = tmp_path / "small" / "c"
+    src.mkdir(parents=True)
+    for p in photos[:3]:
+        shutil.copy(p, src)
+    cfg = ConvertConfig(layout="folder", src=str(tmp_path / "small"), out=str(tmp_path / "out"), workers=1)
+    assert convert(cfg, log=lambda *_: None)["splits"]["train"]["count"] == 3
+    next(src.iterdir()).unlink()
+    with pytest.raises(UserError, match="files were added, removed or changed there since; pass --overwrite"):
+        convert(cfg, log=lambda *_: None)
+    assert convert(ConvertConfig(**{**cfg.__dict__, "overwrite": True}), log=lambda *_: None)["splits"]["train"]["count"] == 2
+    victim = next(src.iterdir())
+    os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))  # same name and size
+    with pytest.raises(UserError, match="files were added, removed or changed"):
+        convert(cfg, log=lambda *_: None)

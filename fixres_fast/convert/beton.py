@@ -27,13 +27,20 @@ FIELD_DESC = np.dtype([("type_id", "<u1"), ("name", ("<u1", 16)), ("arguments", 
 ALLOC = np.dtype([("sample_id", "<u8"), ("ptr", "<u8"), ("size", "<u8")])
 IMAGE_META = np.dtype([("mode", "<u1"), ("width", "<u2"), ("height", "<u2"), ("data_ptr", "<u8")])
 METADATA = np.dtype([("", IMAGE_META), ("", "<i8")], align=True)  # one row per sample: image, label
+#: what :class:`BetonWriter` keeps beside the file for a resume: a sample's metadata row and its size in bytes
+ROW = np.dtype([("meta", METADATA), ("size", "<u8")])
 RAW = 1  # IMAGE_META mode: 0 JPEG bytes, 1 raw HWC uint8 RGB
 
 
 class BetonWriter:
-    """Write samples in order to ``path``; ``capacity`` bounds how many may come."""
+    """Write samples in order to ``path``; ``capacity`` bounds how many may come.
 
-    def __init__(self, path: str, capacity: int, page_size: int = PAGE_SIZE):
+    Each sample's metadata row and size also go to ``rows_path`` as they are written, so that a
+    writer can be re-opened at a checkpoint (:meth:`resume`) after the process was killed;
+    the header and tables are written by :meth:`close` only.
+    """
+
+    def __init__(self, path: str, capacity: int, rows_path: str, page_size: int = PAGE_SIZE):
         self.metadata = np.zeros(max(capacity, 1), dtype=METADATA)
         desc = np.zeros(len(FIELDS), dtype=FIELD_DESC)
         for i, (name, type_id) in enumerate(zip(FIELDS, TYPE_IDS)):
@@ -49,6 +56,33 @@ class BetonWriter:
         self.f.write(np.zeros(1, dtype=HEADER).tobytes())
         self.f.write(desc.tobytes())
         self.f.seek(self._pos)
+        self.rows = open(rows_path, "wb")
+
+    @classmethod
+    def resume(cls, path: str, capacity: int, rows_path: str, at: dict, page_size: int = PAGE_SIZE) -> "BetonWriter":
+        """The writer as it was when :meth:`checkpoint` returned ``at``; later bytes are cut off."""
+        self = cls.__new__(cls)
+        self.metadata = np.zeros(max(capacity, 1), dtype=METADATA)
+        self.page_size, self.count, self._pos = page_size, at["count"], at["pos"]
+        self._meta_offset = HEADER.itemsize + len(FIELDS) * FIELD_DESC.itemsize
+        rows = np.fromfile(rows_path, dtype=ROW, count=self.count)
+        if len(rows) != self.count or (self.count and os.path.getsize(path) < self._pos):
+            raise ValueError(f"{path} and its rows are shorter than at the checkpoint")
+        self.metadata[: self.count] = rows["meta"]
+        ptrs = rows["meta"][METADATA.names[0]]["data_ptr"]
+        self._allocs = [(i, int(p), int(n)) for i, (p, n) in enumerate(zip(ptrs, rows["size"]))]
+        os.truncate(rows_path, self.count * ROW.itemsize)
+        os.truncate(path, self._pos)
+        self.f = open(path, "r+b")
+        self.f.seek(self._pos)
+        self.rows = open(rows_path, "ab")
+        return self
+
+    def checkpoint(self) -> dict:
+        """Flush what was written; the returned dict lets :meth:`resume` carry on from here."""
+        self.f.flush()
+        self.rows.flush()
+        return {"count": self.count, "pos": self._pos}
 
     def write(self, data: bytes, width: int, height: int, label: int, raw: bool = False) -> None:
         if self.count >= len(self.metadata):
@@ -65,6 +99,7 @@ class BetonWriter:
         row[1] = label
         self._allocs.append((self.count, self._pos, size))
         self.f.write(data)
+        self.rows.write(row.tobytes() + size.to_bytes(8, "little"))
         self._pos += size
         self.count += 1
 
@@ -81,9 +116,11 @@ class BetonWriter:
         self.f.flush()
         os.fsync(self.f.fileno())
         self.f.close()
+        self.rows.close()
 
     def abort(self) -> None:
         self.f.close()
+        self.rows.close()
 
 
 class BetonReader:

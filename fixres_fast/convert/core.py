@@ -6,18 +6,25 @@ requested writer at once, so each image is prepared once for all formats.
 
 Files are written under ``NAME.partial`` and renamed when complete, so an
 interrupted run (Ctrl-C, kill -9) never leaves a half-written file under a
-final name. Progress is kept per split in ``OUT/.convert-state.json``: a rerun
-with the same options resumes after the last finished split, a rerun with
-other options restarts, and both say so.
+final name. Progress is kept in ``OUT/.convert-state.json``, per finished split
+and, within a split, at a checkpoint every few hundred images (:mod:`.outputs`):
+a rerun with the same options over the same source listing resumes there (and
+writes the same bytes as an uninterrupted run); a rerun with other options, or
+after files in SRC were added, removed or changed, restarts; each says so.
+One conversion at a time writes OUT: it holds ``OUT/.convert.lock``.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import random
-import time
-from collections import Counter
+import shutil
+import signal
+import socket
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from multiprocessing import get_context
@@ -28,15 +35,16 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..spec import k_test_image
 from . import folder, herbarium, imagenet, inat, transcode
-from .beton import BetonWriter
 from .image import WRITE_MODES, prepare
+from .index import escape_path
 from .layout import Layout
 from .manifest import classes_doc, manifest_doc, summarise
-from .recordio import RecordIOWriter, write_dali_index
+from .outputs import CHECKPOINT_EVERY, PARTIAL, SplitWriter, sha256  # noqa: F401 (sha256: used by verify)
 
 LAYOUTS = ("imagenet", "inat", "herbarium", "folder")
 FORMATS = ("beton", "recordio")
 STATE = ".convert-state.json"
+LOCK = ".convert.lock"  # held (flock) by the conversion writing OUT; names its pid and host
 MANIFEST = "manifest.json"
 
 
@@ -93,12 +101,26 @@ def convert(cfg: ConvertConfig, log=print) -> dict:
     """Run the conversion; returns the manifest (also written to OUT/manifest.json)."""
     cfg.check()
     layout = scan(cfg)
+    listing = source_listing(layout)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = _start_or_resume(cfg, out, log)
+    try:
+        with _locked(out) as lock_fd:
+            return _convert_locked(cfg, layout, listing, out, lock_fd, log)
+    except OSError as e:
+        error = _out_error(e, out)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _convert_locked(cfg: ConvertConfig, layout: Layout, listing: dict, out: Path, lock_fd: int, log) -> dict:
+    state = _start_or_resume(cfg, out, listing, log)
     if state.get("complete"):
         log(f"{out} already holds this conversion, complete; nothing to do")
         return json.loads((out / MANIFEST).read_text())
+    for name, split in layout.splits.items():
+        if name not in state["splits"] and not split.items:
+            raise _empty_split(name, layout, [{"path": p, "reason": r} for p, r in split.skipped])
     need = k_test_image(cfg.test_res)
     if need > cfg.max_side:
         log(f"warning: --max-side {cfg.max_side} is below K_test^image = {need} px that --test-res {cfg.test_res} "
@@ -109,20 +131,29 @@ def convert(cfg: ConvertConfig, log=print) -> dict:
             "they are, not rewritten as sequential ones, and decode 2-2.7x slower")
     job = partial(prepare, max_side=cfg.max_side, jpeg_quality=cfg.jpeg_quality, write_mode=cfg.write_mode,
                   sequential=cfg.sequential)
-    with get_context("fork").Pool(workers) if workers > 1 else _InProcess() as pool:
+    pool = (get_context("fork").Pool(workers, initializer=_worker_start, initargs=(lock_fd,)) if workers > 1
+            else _InProcess())
+    with pool:
         for name, split in layout.splits.items():
             if name in state["splits"]:
                 log(f"resuming: split {name} is already complete ({state['splits'][name]['count']} records), skipping")
                 continue
-            state["splits"][name] = _convert_split(cfg, out, name, split, pool, job, len(layout.classes))
+            state["splits"][name] = _convert_split(cfg, out, name, split, pool, job, state, layout, listing, log)
+            state.pop("current", None)
             _write_json(out / STATE, state)
-    manifest = manifest_doc(cfg, layout, state["splits"])
+    manifest = manifest_doc(cfg, layout, state["splits"], listing)
     _write_json(out / "classes.json", classes_doc(layout, state["splits"]))
     _write_json(out / MANIFEST, manifest)
     state["complete"] = True
     _write_json(out / STATE, state)
     summarise(manifest, out, log)
     return manifest
+
+
+def _worker_start(lock_fd: int) -> None:
+    """In each encoding process: Ctrl-C is the main process's to handle, and the lock is the main process's."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.close(lock_fd)
 
 
 class _InProcess:
@@ -138,31 +169,103 @@ class _InProcess:
         return False
 
 
-def _start_or_resume(cfg: ConvertConfig, out: Path, log) -> dict:
+def source_listing(layout: Layout) -> dict:
+    """A digest of what the layout lists (every file's path, label, size and mtime; what it skipped), and the
+    number and bytes of its images: a conversion is of SRC as it was, and a changed SRC is noticed."""
+    h, images, size = hashlib.sha256(), 0, 0
+    for name, split in layout.splits.items():
+        h.update(f"split\t{escape_path(name)}\n".encode())
+        for it in split.items:
+            try:
+                st = os.stat(it.path)
+                sig = f"{st.st_size}\t{st.st_mtime_ns}"
+                size += st.st_size
+            except OSError as e:
+                sig = f"unreadable {e.errno}"
+            h.update(f"{escape_path(it.path)}\t{it.label}\t{sig}\n".encode())
+            images += 1
+        for path, reason in split.skipped:
+            h.update(f"skipped\t{escape_path(path)}\t{escape_path(reason)}\n".encode())
+    return {"sha256": h.hexdigest(), "images": images, "bytes": size}
+
+
+@contextmanager
+def _locked(out: Path):
+    """Hold ``OUT/.convert.lock`` (flock: released when this process ends, however it ends); yields its descriptor."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "a process that is starting"
+            raise UserError(f"{out} is being written by another conversion ({holder}); wait for it to finish, "
+                            "or choose another OUT") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _out_error(e: OSError, out: Path) -> UserError | None:
+    """The one line for an error writing OUT, or None when ``e`` is not about OUT."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"{out}: no space left on its disk ({e.strerror}); free some space or choose another OUT, "
+                         "then run the same command again")
+    name = Path(os.fsdecode(e.filename)) if e.filename else None
+    if name is None or not (_within(name, out) or _within(out, name)):
+        return None
+    return UserError(f"cannot write the conversion to {out}: {name}: {e.strerror}; "
+                     "choose an OUT folder you can write to (or fix its permissions)")
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path.absolute().is_relative_to(folder.absolute())
+
+
+def _start_or_resume(cfg: ConvertConfig, out: Path, listing: dict, log) -> dict:
     fingerprint = cfg.fingerprint()
     old = json.loads((out / STATE).read_text()) if (out / STATE).is_file() else None
-    partials = sorted(out.glob("*.partial"))
-    if old and old["options"] == fingerprint and not cfg.overwrite:
-        if partials:
-            log(f"resuming: removing {len(partials)} partial file(s) left by an interrupted run")
-            for p in partials:
-                p.unlink()
+    same_options = bool(old) and old["options"] == fingerprint
+    same_source = bool(old) and old.get("source") == listing["sha256"]
+    if same_options and same_source and not cfg.overwrite:
+        _drop_stale_partials(cfg, out, old, log)
         return old
     if (out / MANIFEST).is_file() and not cfg.overwrite:
+        if same_options and "source" not in old:
+            raise UserError(f"{out} holds a conversion made by an earlier fixres-fast, which did not record the "
+                            "listing of SRC, so it cannot tell whether SRC changed since; pass --overwrite to "
+                            "convert it again, or choose another OUT")
+        if same_options:
+            raise UserError(f"{out} holds a finished conversion of {cfg.src} as it was: files were added, removed "
+                            "or changed there since; pass --overwrite to convert it again, or choose another OUT")
         raise UserError(f"{out} holds a finished conversion made with other options; "
                         "pass --overwrite to replace it, or choose another OUT")
-    if old or partials:
-        why = ("--overwrite" if cfg.overwrite else "the options differ from the interrupted run's" if old
+    if old or list(out.glob("*" + PARTIAL)):
+        why = ("--overwrite" if cfg.overwrite else "the options differ from the interrupted run's" if old and not
+               same_options else "files in SRC were added, removed or changed since the interrupted run" if old
                else "the interrupted run left no progress record")
         log(f"restarting from scratch ({why}): removing earlier outputs in {out}")
     _clear_outputs(out)
-    state = {"options": fingerprint, "splits": {}}
+    state = {"options": fingerprint, "source": listing["sha256"], "splits": {}}
     _write_json(out / STATE, state)
     return state
 
 
+def _drop_stale_partials(cfg: ConvertConfig, out: Path, state: dict, log) -> None:
+    """Remove the partial files an interrupted run left, except those its last checkpoint resumes."""
+    current = state.get("current")
+    keep = set(SplitWriter(cfg, out, current["split"], 0, 0).partials()) if current else set()
+    stale = [p for p in sorted(out.glob("*" + PARTIAL)) if p not in keep]
+    if stale:
+        log(f"resuming: removing {len(stale)} partial file(s) left by an interrupted run")
+        for p in stale:
+            p.unlink()
+
+
 def _clear_outputs(out: Path) -> None:
-    for pattern in ("*.beton", "*.rec", "*.idx", "*.index.tsv", "*.partial", MANIFEST, "classes.json", STATE):
+    for pattern in ("*.beton", "*.rec", "*.idx", "*.index.tsv", "*" + PARTIAL, MANIFEST, "classes.json", STATE):
         for p in out.glob(pattern):
             p.unlink()
 
@@ -175,115 +278,97 @@ def _record_order(name: str, n: int, seed: int) -> list[int]:
     return order
 
 
-def _convert_split(cfg: ConvertConfig, out: Path, name: str, split, pool, job, num_classes: int) -> dict:
+def _convert_split(cfg: ConvertConfig, out: Path, name: str, split, pool, job, state: dict, layout: Layout,
+                   listing: dict, log) -> dict:
     items = [split.items[i] for i in _record_order(name, len(split.items), cfg.seed)]
-    outputs = _open_writers(cfg, out, name, len(items))
-    skipped = [{"path": p, "reason": r} for p, r in split.skipped]
-    fixes, per_class, shrunk = Counter(), [0] * num_classes, []
+    writer = SplitWriter(cfg, out, name, len(items), len(layout.classes))
     need = k_test_image(cfg.test_res)
     bar = tqdm(total=len(items), desc=f"convert {name}", unit="img", dynamic_ncols=True, mininterval=0.5)
+    position = 0
     try:
-        results = pool.imap(job, [it.path for it in items], chunksize=16)
-        for j, (it, res) in enumerate(zip(items, results)):
+        position = start = _open_split(writer, state.get("current"), split.skipped, len(items), log)
+        bar.update(start)
+        results = pool.imap(job, [it.path for it in items[start:]], chunksize=16)
+        for position, (it, res) in enumerate(zip(items[start:], results), start + 1):
             bar.update()
+            writer.add(position - 1, it.path, it.label, res, need)
             if isinstance(res, str):
-                skipped.append({"path": it.path, "reason": res})
-                bar.set_postfix(skipped=len(skipped), refresh=False)
-                continue
-            _write_record(outputs, res, it, j, per_class)
-            for fix in filter(None, res.fix.split(",")):
-                fixes[fix] += 1
-            if "resized" in res.fix and min(res.width, res.height) < need:
-                shrunk.append(need * max(res.width, res.height) / min(res.width, res.height))
+                bar.set_postfix(skipped=len(writer.tally["skipped"]), refresh=False)
+            if position % CHECKPOINT_EVERY == 0 and position < len(items):
+                state["current"] = writer.checkpoint(position)
+                _write_json(out / STATE, state)
         bar.close()
-        written = _finish_writers(outputs, out)
+        if writer.count == 0:
+            raise _empty_split(name, layout, writer.tally["skipped"])
+        return writer.finish()
+    except KeyboardInterrupt:
+        bar.close()
+        writer.close()  # the partial files stay: a rerun resumes at the last checkpoint
+        raise
+    except OSError as e:
+        bar.close()
+        written = writer.bytes_written()
+        writer.abort()
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(out, name, state, listing, written, position) from None
+        raise
     except BaseException:
         bar.close()
-        _abort_writers(outputs)
+        writer.abort()
         raise
-    count = outputs["count"]
-    return {
-        "count": count,
-        "per_class": per_class,
-        "skipped": skipped,
-        "reencoded": dict(fixes),
-        "shrunk_below_test_res": len(shrunk),
-        "max_side_for_test_res": int(max(shrunk)) + 1 if shrunk else None,
-        "index": f"{name}.index.tsv",
-        **written,
-    }
 
 
-def _open_writers(cfg: ConvertConfig, out: Path, name: str, capacity: int) -> dict:
-    outputs = {"count": 0, "split": name, "shards": [], "beton": None, "partials": [], "shard_of": None}
-    outputs["index"] = open(_partial(out, f"{name}.index.tsv", outputs), "w")
-    outputs["index"].write("record\tlabel\tpath\n")
-    if "beton" in cfg.formats:
-        outputs["beton"] = BetonWriter(str(_partial(out, f"{name}.beton", outputs)), capacity)
-        outputs["raw"] = cfg.write_mode == "raw"
-    if "recordio" in cfg.formats:
-        n = cfg.shards
-        for k in range(n):
-            stem = f"{name}-{k:05d}-of-{n:05d}"
-            rec, idx = _partial(out, stem + ".rec", outputs), _partial(out, stem + ".idx", outputs)
-            outputs["shards"].append(RecordIOWriter(str(rec), str(idx)))
-        # contiguous shards over the candidate list; skipped files only make a shard shorter
-        outputs["shard_of"] = lambda j: j * n // max(capacity, 1)
-        outputs["dali_index"] = _partial(out, f"{name}.idx", outputs)
-    return outputs
+def _open_split(writer: SplitWriter, current: dict | None, skipped, n: int, log) -> int:
+    """Open the split's files, at the last checkpoint where there is one; returns the source image to start at."""
+    if current and current["split"] == writer.name:
+        try:
+            writer.resume(current)
+            log(f"resuming: split {writer.name} from image {current['position']} of {n} "
+                "(the interrupted run's last checkpoint)")
+            return current["position"]
+        except (OSError, ValueError) as e:
+            log(f"restarting split {writer.name} from its first image: its partial files do not match the "
+                f"interrupted run's last checkpoint ({e})")
+            writer.abort()
+    writer.start(skipped)
+    return 0
 
 
-def _partial(out: Path, final: str, outputs: dict) -> Path:
-    """Where ``final`` is written until the split is complete."""
-    outputs["partials"].append(final)
-    return out / (final + ".partial")
+def _empty_split(name: str, layout: Layout, skipped: list[dict]) -> UserError:
+    if not skipped:
+        return UserError(f"split {name!r} of {layout.source} holds no images; expected at least one image file "
+                         "in it: add images, or remove the empty split")
+    first = skipped[0]
+    return UserError(f"split {name!r} of {layout.source}: all {len(skipped)} files were skipped, so it would hold "
+                     f"no records (first: {first['path']}: {first['reason']}); fix or remove them")
 
 
-def _write_record(outputs: dict, res, item, position: int, per_class: list[int]) -> None:
-    key = outputs["count"]
-    if outputs["beton"] is not None:
-        outputs["beton"].write(res.data, res.width, res.height, item.label, raw=outputs.get("raw", False))
-    if outputs["shards"]:
-        outputs["shards"][outputs["shard_of"](position)].write(res.data, item.label, key)
-    outputs["index"].write(f"{key}\t{item.label}\t{item.path}\n")
-    outputs["count"] += 1
-    per_class[item.label] += 1
+def _disk_full(out: Path, name: str, state: dict, listing: dict, written: int, position: int) -> UserError:
+    """The one line for a full disk, with an estimate of the space the whole conversion needs."""
+    done = state["splits"].values()
+    done_bytes = sum(f["bytes"] for s in done for f in s["files"])
+    done_images = sum(s["count"] + len(s["skipped"]) for s in done)
+    if done_images + position:
+        need = (done_bytes + written) / (done_images + position) * listing["images"]
+        basis = f"estimated from the {_size(done_bytes + written)} written for {done_images + position} images"
+    else:
+        need, basis = listing["bytes"], "about the size of the source, as nothing was written yet"
+    free = shutil.disk_usage(out).free
+    held = f", of which the finished splits hold {_size(done_bytes)}" if done_bytes else ""
+    return UserError(f"{out}: no space left on its disk while writing split {name} (image {position}); its partial "
+                     f"files were removed. The conversion needs about {_size(need)} ({basis}{held}) and {_size(free)} "
+                     "is free there: free some space or choose another OUT, then run the same command again")
 
 
-def _finish_writers(outputs: dict, out: Path) -> dict:
-    """Close, rename to final names, checksum. Returns the split's file list and what DALI reads."""
-    for w in ([outputs["beton"]] if outputs["beton"] else []) + outputs["shards"]:
-        w.close()
-    outputs["index"].close()
-    dali = None
-    if outputs["shards"]:
-        used = write_dali_index(outputs["shards"], str(outputs["dali_index"]))
-        recs = [Path(outputs["shards"][i].rec.name).name.removesuffix(".partial") for i in used]
-        dali = {"rec": recs, "idx": outputs["dali_index"].name.removesuffix(".partial")}
-    files = []
-    for final in outputs["partials"]:
-        os.replace(out / (final + ".partial"), out / final)
-        files.append({"name": final, "bytes": (out / final).stat().st_size, "sha256": sha256(out / final)})
-    return {"files": files, "recordio": dali}
-
-
-def _abort_writers(outputs: dict) -> None:
-    for w in ([outputs["beton"]] if outputs["beton"] else []) + outputs["shards"]:
-        w.abort()
-    outputs["index"].close()
-    for final in outputs["partials"]:
-        (Path(outputs["index"].name).parent / (final + ".partial")).unlink(missing_ok=True)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def _write_json(path: Path, doc) -> None:
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(path.name + PARTIAL)
     tmp.write_text(json.dumps(doc, indent=1))
     os.replace(tmp, path)

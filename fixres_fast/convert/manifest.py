@@ -15,7 +15,7 @@ from .recordio import IMAGE_HEADER, MAGIC
 BETON_FIELDS = {"image": "RGBImageField", "label": "IntField"}
 
 
-def manifest_doc(cfg, layout, splits: dict) -> dict:
+def manifest_doc(cfg, layout, splits: dict, listing: dict) -> dict:
     options = asdict(cfg)
     options["formats"] = list(cfg.formats)
     warnings = list(layout.warnings)
@@ -29,7 +29,8 @@ def manifest_doc(cfg, layout, splits: dict) -> dict:
     return {
         "fixres_fast": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "source": {"layout": layout.kind, "path": layout.source, "year": cfg.year},
+        "source": {"layout": layout.kind, "path": layout.source, "year": cfg.year, "images": listing["images"],
+                   "bytes": listing["bytes"], "listing_sha256": listing["sha256"]},
         "options": options,
         "formats": {
             "beton": {"ffcv_version": BETON_VERSION, "fields": BETON_FIELDS, "write_mode": cfg.write_mode},

@@ -28,6 +28,28 @@ class RecordIOWriter:
         self._pos = 0
         self.offsets: list[tuple[int, int]] = []  # (key, offset in this file)
 
+    @classmethod
+    def resume(cls, rec_path: str, idx_path: str, at: dict) -> "RecordIOWriter":
+        """The writer as it was when :meth:`checkpoint` returned ``at``; later bytes are cut off."""
+        self = cls.__new__(cls)
+        if os.path.getsize(rec_path) < at["rec_bytes"] or os.path.getsize(idx_path) < at["idx_bytes"]:
+            raise ValueError(f"{rec_path} or its .idx is shorter than at the checkpoint")
+        os.truncate(rec_path, at["rec_bytes"])
+        os.truncate(idx_path, at["idx_bytes"])
+        with open(idx_path) as f:
+            self.offsets = [(int(k), int(p)) for k, p in (line.split("\t") for line in f)]
+        if len(self.offsets) != at["count"]:
+            raise ValueError(f"{idx_path} lists {len(self.offsets)} records, the checkpoint says {at['count']}")
+        self.count, self._pos = at["count"], at["rec_bytes"]
+        self.rec, self.idx = open(rec_path, "ab"), open(idx_path, "a")
+        return self
+
+    def checkpoint(self) -> dict:
+        """Flush what was written; the returned dict lets :meth:`resume` carry on from here."""
+        self.rec.flush()
+        self.idx.flush()
+        return {"count": self.count, "rec_bytes": self._pos, "idx_bytes": os.fstat(self.idx.fileno()).st_size}
+
     def write(self, data: bytes, label: int, key: int) -> None:
         payload = IMAGE_HEADER.pack(0, float(label), key, 0) + data
         if len(payload) > MAX_RECORD:

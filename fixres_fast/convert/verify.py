@@ -14,6 +14,7 @@ import numpy as np
 from ..compat import quiet_numba_finalizers
 from ..errors import UserError
 from .core import MANIFEST, sha256
+from .index import read_index
 
 BATCH = 256
 PROBE = 32  # px: images are decoded, then cropped small; the decode is what is checked
@@ -51,9 +52,7 @@ def verify(out: str | Path, workers: int = 0, log=print) -> dict:
 
 
 def expected_labels(index_path: Path) -> np.ndarray:
-    with open(index_path) as f:
-        next(f)
-        return np.array([int(line.split("\t", 2)[1]) for line in f], dtype=np.int64)
+    return read_index(index_path)[0]
 
 
 def _check_files(out: Path, split: dict) -> None:

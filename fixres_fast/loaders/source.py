@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..convert.index import read_index
 from ..convert.recordio import IMAGE_HEADER, MAGIC, RECORD_HEADER
 from ..errors import UserError
 
@@ -71,9 +72,8 @@ class Records(Source):
     """A split of a conversion: ``OUT/NAME-*.rec`` + ``.idx`` shards, ``NAME.index.tsv``, ``NAME.beton``."""
 
     def __init__(self, out: Path, split: str, manifest: dict):
-        index = out / f"{split}.index.tsv"
-        rows = [line.rstrip("\n").split("\t", 2) for line in index.read_text().splitlines()[1:]]
-        super().__init__(out, split, [r[2] for r in rows], np.array([int(r[1]) for r in rows], dtype=np.int64))
+        labels, paths = read_index(out / f"{split}.index.tsv")
+        super().__init__(out, split, paths, labels)
         names = [f["name"] for f in manifest["splits"][split]["files"]]
         self.beton = out / f"{split}.beton" if f"{split}.beton" in names else None
         self.recs = sorted(out / n for n in names if n.endswith(".rec"))
