@@ -88,11 +88,14 @@ def _run_convert(layout, src, out, fmt, then_verify, year=None, **opts):
 
 @convert.command()
 @convert_options
+@click.option("--val-labels", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Kaggle's LOC_val_solution.csv for a flat val/ [default: looked for in SRC and 3 folders above].")
 @user_errors
 def imagenet(src, out, **opts):
     """ImageNet (ILSVRC-2012): SRC/train/nXXXXXXXX/*.JPEG and SRC/val/.
 
-    val/ may hold class folders, or flat files labelled by SRC/LOC_val_solution.csv or the devkit's
+    val/ may hold class folders, or flat files labelled by LOC_val_solution.csv (in SRC or up to 3 folders
+    above it, as in Kaggle's ILSVRC/Data/CLS-LOC; or --val-labels) or the devkit's
     ILSVRC2012_validation_ground_truth.txt + meta.mat. Class index = sorted wnid order.
     """
     _run_convert("imagenet", src, out, **opts)
@@ -102,9 +105,13 @@ def imagenet(src, out, **opts):
 @convert_options
 @click.option("--year", type=click.Choice(["2017", "2018", "2019", "2021"]), required=True,
               help="Which release: picks the annotation files (train2019.json, val2019.json, ...).")
+@click.option("--train-set", type=click.Choice(["train", "train_mini"]), default=None,
+              help="2021 only: train.json (2.7M images) or train_mini.json (500k) [default: train.json].")
 @user_errors
 def inat(src, out, year, **opts):
-    """iNaturalist: COCO-style train*/val* JSON annotations in SRC; file_name relative to SRC."""
+    """iNaturalist: COCO-style train*/val* JSON annotations in SRC; file_name relative to SRC.
+
+    A missing annotation file is named in a warning; its split is not converted."""
     _run_convert("inat", src, out, year=int(year), **opts)
 
 
@@ -112,7 +119,11 @@ def inat(src, out, year, **opts):
 @convert_options
 @user_errors
 def herbarium(src, out, **opts):
-    """Herbarium 2019 (FGVC6): SRC/train/metadata.json and SRC/validation/metadata.json."""
+    """Herbarium 2019-2021: SRC/train/ and SRC/validation/ (stored as split val), as class folders (2019).
+
+    2019: SRC/<split>/<category>/<image> (small-train/, a subset of train/, is not converted when train/
+    is there). 2020, 2021: SRC/<split>/metadata.json (COCO-style, latin-1 or UTF-8), file_name relative
+    to its folder; test/metadata.json has no labels and is not converted."""
     _run_convert("herbarium", src, out, **opts)
 
 
@@ -120,8 +131,9 @@ def herbarium(src, out, **opts):
 @convert_options
 @user_errors
 def folder(src, out, **opts):
-    """Any ImageFolder tree: SRC/<split>/<class>/<image> (splits: train, val, validation, test),
-    or SRC/<class>/<image> as a single train split."""
+    """Any ImageFolder tree: SRC/<split>/<class>/<image>, or SRC/<class>/<image> as one train split.
+
+    Splits: train, test, and val (also named validation or valid; stored as val)."""
     _run_convert("folder", src, out, **opts)
 
 
