@@ -36,7 +36,7 @@ def main():
     """
 
 
-@main.group()
+@main.group(short_help="Convert a data set into .beton files and RecordIO shards.")
 def convert():
     """Convert a data set into FFCV .beton files and DALI-readable RecordIO shards.
 
@@ -63,7 +63,7 @@ def convert_options(fn):
         click.option("--write-mode", type=click.Choice(["jpg", "raw"]), default="jpg", show_default=True,
                      help="How the .beton stores pixels: JPEG, or raw RGB (faster to load, far larger)."),
         click.option("--shards", default=1, show_default=True, help="RecordIO shards per split."),
-        click.option("--workers", default=0, help="Encoding processes [default: all cores]."),
+        click.option("--workers", default=0, show_default=False, help="Encoding processes [default: all cores]."),
         click.option("--test-res", default=288, show_default=True,
                      help="Largest test resolution K_test you intend; warns when --max-side is too small for it."),
         click.option("--seed", default=0, show_default=True, help="Seed of the stored order of train records."),
@@ -86,7 +86,7 @@ def _run_convert(layout, src, out, fmt, then_verify, year=None, **opts):
         check(out, workers=opts["workers"])
 
 
-@convert.command()
+@convert.command(short_help="ImageNet (ILSVRC-2012), also as Kaggle ships it.")
 @convert_options
 @click.option("--val-labels", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Kaggle's LOC_val_solution.csv for a flat val/ [default: looked for in SRC and 3 folders above].")
@@ -101,7 +101,7 @@ def imagenet(src, out, **opts):
     _run_convert("imagenet", src, out, **opts)
 
 
-@convert.command()
+@convert.command(short_help="iNaturalist 2017, 2018, 2019 or 2021 (COCO-style JSON).")
 @convert_options
 @click.option("--year", type=click.Choice(["2017", "2018", "2019", "2021"]), required=True,
               help="Which release: picks the annotation files (train2019.json, val2019.json, ...).")
@@ -115,7 +115,7 @@ def inat(src, out, year, **opts):
     _run_convert("inat", src, out, year=int(year), **opts)
 
 
-@convert.command()
+@convert.command(short_help="Herbarium 2019, 2020 or 2021.")
 @convert_options
 @user_errors
 def herbarium(src, out, **opts):
@@ -127,7 +127,7 @@ def herbarium(src, out, **opts):
     _run_convert("herbarium", src, out, **opts)
 
 
-@convert.command()
+@convert.command(short_help="Any ImageFolder tree: SRC/<split>/<class>/<image>.")
 @convert_options
 @user_errors
 def folder(src, out, **opts):
@@ -137,9 +137,9 @@ def folder(src, out, **opts):
     _run_convert("folder", src, out, **opts)
 
 
-@convert.command("verify")
+@convert.command("verify", short_help="Re-read every record of OUT and check it against its manifest.")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--workers", default=0, help="Decoding threads [default: all cores].")
+@click.option("--workers", default=0, show_default=False, help="Decoding threads [default: all cores].")
 @user_errors
 def verify_cmd(out, workers):
     """Re-read every record in OUT through FFCV's Loader and DALI's readers.mxnet and check
@@ -157,14 +157,14 @@ def run_options(fn):
         click.option("--device", default="auto", help="cuda, cpu or auto (cuda when torch sees a GPU)."),
         click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto",
                      help="Mixed precision: auto is bf16 on a GPU that supports it, else off."),
-        click.option("--workers", default=0, help="Loader workers [default: all cores]."),
+        click.option("--workers", default=0, show_default=False, help="Loader workers [default: all cores]."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-@main.command(context_settings={"show_default": True})
+@main.command(context_settings={"show_default": True}, short_help="Train a classifier at K_train with the paper's recipe.")
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="A conversion's OUT folder (or an ImageFolder tree).")
 @click.option("--out", default="runs/train", type=click.Path(file_okay=False), help="Checkpoints (last.pt, best.pt) and metrics.jsonl.")
 @click.option("--arch", default="resnet50", help="Model name from torchvision, else timm.")
@@ -189,11 +189,12 @@ def run_options(fn):
 @click.option("--no-bn-weight-decay", is_flag=True, help="No weight decay on BatchNorm parameters and biases.")
 @click.option("--repeats", default=3, help="Repeated augmentation: copies of each image per epoch (paper: 3).")
 @click.option("--aug", type=click.Choice(["train", "test", "test2"]), default="train", help="Train DA (paper), or test DA / DA2.")
-@click.option("--eval-res", default="", help="Further test resolutions to evaluate after each epoch, e.g. 224,288.")
+@click.option("--eval-res", default="", show_default=False,
+              help="Further test resolutions to evaluate after each epoch, e.g. 224,288 [default: none].")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt.")
 @click.option("--tensorboard", is_flag=True, help="Also write each epoch's metrics as TensorBoard scalars in OUT/tensorboard.")
 @click.option("--seed", default=0)
-@click.option("--workers", default=0, help="Loader workers [default: all cores].")
+@click.option("--workers", default=0, show_default=False, help="Loader workers [default: all cores].")
 @user_errors
 def train(gpus, compile_, eval_res, **opts):
     """Train a classifier at K_train with the paper's recipe (SGD, lr 0.1*B/256 divided by 10 every
@@ -218,7 +219,7 @@ def train(gpus, compile_, eval_res, **opts):
     run(TrainConfig(recipe=recipe, compile=compile_, eval_res=parse_resolutions(eval_res), **opts))
 
 
-@main.command(context_settings={"show_default": True})
+@main.command(context_settings={"show_default": True}, short_help="Run the method end to end on small offline data sets.")
 @click.option("--out", default="runs/demo", type=click.Path(file_okay=False),
               help="Where the sample data sets, records, checkpoints and results go.")
 @click.option("--k-train", default=32, help="Train resolution of the FixRes network.")
@@ -228,7 +229,7 @@ def train(gpus, compile_, eval_res, **opts):
 @click.option("--adapt-epochs", type=int, default=None,
               help=f"Fine-tuning epochs of the adaptation [default: the paper's {FINETUNE_EPOCHS}].")
 @click.option("--baseline/--no-baseline", default=True, help="Also train a network at --k-test, for comparison.")
-@click.option("--workers", default=0, help="Processes [default: all cores].")
+@click.option("--workers", default=0, show_default=False, help="Processes [default: all cores].")
 @click.option("--seed", default=0)
 @user_errors
 def demo(n_train, **opts):
@@ -250,7 +251,7 @@ def demo(n_train, **opts):
     run(DemoConfig(n_train=n_train, n_val=n_train // 2, **opts))
 
 
-@main.command(context_settings={"show_default": True})
+@main.command(context_settings={"show_default": True}, short_help="Cost of training, inference and adaptation against resolution K.")
 @click.option("--arch", default="resnet50", help="Model name from torchvision, else timm (randomly initialised).")
 @click.option("--res", default="64,128,160,224,288,384,448", help="Resolutions K to profile, comma-separated.")
 @click.option("--batch-size", default=32, help="Images per batch (Table 7 trains with 32).")
@@ -277,12 +278,12 @@ def profile(res, out, **opts):
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
-@main.group()
+@main.group(short_help="The paper's analyses (Sec. 3), from our own samplers.")
 def analyze():
     """The paper's analyses, regenerated from our own samplers (Sec. 3)."""
 
 
-@analyze.command("scale")
+@analyze.command("scale", short_help="Apparent object size at test vs train time (Eq. 1-5).")
 @click.option("--k-train", default=224, show_default=True, help="K_train: the train resolution.")
 @click.option("--k-test", default=224, show_default=True, help="K_test: the test crop.")
 @click.option("--resize-ratio", default="256/224", show_default=True,
@@ -308,7 +309,7 @@ def scale(resize_ratio, **opts):
     click.echo("\n".join(report_lines(report)))
 
 
-@analyze.command("roc")
+@analyze.command("roc", short_help="RoC area at train and test time on real image sizes (Fig. 2).")
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="A conversion's OUT folder (or an ImageFolder tree).")
 @click.option("--backend", default="ffcv", show_default=True, help="Whose train RoC sampler: ffcv, torch or dali.")
 @click.option("--split", default="train", show_default=True)
@@ -336,7 +337,8 @@ def roc(resize_ratio, out, **opts):
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
-@analyze.command("activations", context_settings={"show_default": True})
+@analyze.command("activations", context_settings={"show_default": True},
+                  short_help="Pooled activations against test resolution (Fig. 3, 4).")
 @click.option("--checkpoint", "checkpoints", required=True, multiple=True, type=click.Path(dir_okay=False),
               help="Repeatable: e.g. a checkpoint and its adapted version, drawn on one plot (Fig. 4).")
 @click.option("--res", default="64,128,224,448", help="Test resolutions K_test, comma-separated (the paper's Fig. 3).")
@@ -372,7 +374,7 @@ def _test_res(text: str) -> int | None:
         raise click.BadParameter(f"expected a resolution in pixels such as 224, or 'auto', got {text!r}") from None
 
 
-@main.command(context_settings={"show_default": True})
+@main.command(context_settings={"show_default": True}, short_help="Adapt a checkpoint to the test resolution K_test (Sec. 4.2).")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A checkpoint from `fixres-fast train`.")
 @click.option("--test-res", required=True, help="K_test in pixels, or 'auto': try multiples of 32 from K_train to "
               "2 K_train on a held-out slice of the training set, keep the best (Eq. 5's prediction is printed beside it).")
@@ -409,11 +411,13 @@ def adapt(test_res, **opts):
     run(AdaptConfig(test_res=_test_res(test_res), **opts), log=click.echo)
 
 
-@main.command("evaluate", context_settings={"show_default": True})
+@main.command("evaluate", context_settings={"show_default": True},
+              short_help="Top-1 and top-5 at each test resolution (test DA).")
 @click.option("--checkpoint", "checkpoints", required=True, multiple=True, type=click.Path(dir_okay=False),
               help="Repeatable: e.g. the base checkpoint and the adapted one, drawn on one plot (Fig. 5).")
-@click.option("--res", default="", help="Test resolutions, e.g. 128,160,224,288,384 [default: each checkpoint's own].")
-@click.option("--ensemble", default="", help="Average the softmax over these resolutions, e.g. 384,352.")
+@click.option("--res", default="", show_default=False, help="Test resolutions, e.g. 128,160,224,288,384 [default: each checkpoint's own].")
+@click.option("--ensemble", default="", show_default=False,
+              help="Average the softmax over these resolutions, e.g. 384,352 [default: none].")
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="A conversion's OUT folder [default: the one each checkpoint was trained or adapted on].")
 @click.option("--out", default="runs/evaluate", type=click.Path(file_okay=False),
