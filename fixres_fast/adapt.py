@@ -98,7 +98,7 @@ def adapt(cfg: AdaptConfig, log=print) -> dict:
     doc = checkpoint.load(cfg.checkpoint)
     device = resolve_device(cfg.device)
     job = _Job(cfg, doc["meta"], checkpoint_data(doc, cfg.data), device, amp_dtype(cfg.amp, device),
-               backend_for(cfg.backend, device))
+               backend_for(cfg.backend, device, checkpoint_data(doc, cfg.data)))
     model = model_from_checkpoint(doc, device)
     tuned_modules(model, cfg.tune if cfg.method == "finetune" else "fc", cfg.bn_scope, job.k_train)  # fail early
     t0 = time.perf_counter()

@@ -125,7 +125,7 @@ def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
     if bad:
         raise UserError(f"test resolutions must be positive numbers of pixels, got {bad}")
     device = resolve_device(cfg.device)
-    dtype, backend = amp_dtype(cfg.amp, device), backend_for(cfg.backend, device)
+    dtype, backend = amp_dtype(cfg.amp, device), cfg.backend  # resolved per data set, below
     loader_cfg = LoaderConfig(batch_size=cfg.batch_size, device=str(device), workers=cfg.workers, training=False)
     rows = []
     for path in cfg.checkpoints:
@@ -134,7 +134,7 @@ def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
         data, own = checkpoint_data(doc, cfg.data), cfg.res or (meta["test_res"],)
         ensemble = None
         for k in dict.fromkeys((*own, *cfg.ensemble)):
-            probs, labels = predict(model, make_loader(backend, test_spec(meta, k), data, "val", loader_cfg), dtype)
+            probs, labels = predict(model, make_loader(backend_for(backend, device, data), test_spec(meta, k), data, "val", loader_cfg), dtype)
             if k in cfg.ensemble:
                 ensemble = probs if ensemble is None else ensemble + probs
             if k in own:

@@ -162,7 +162,7 @@ def _train(cfg: TrainConfig, d: Dist, log) -> dict:
 def _loaders(cfg: TrainConfig, d: Dist) -> dict:
     from .loaders import LoaderConfig, make_loader
 
-    backend = backend_for(cfg.backend, d.device)
+    backend = backend_for(cfg.backend, d.device, cfg.data)
     per_proc = cfg.recipe.batch_size // d.world_size
     common = LoaderConfig(batch_size=per_proc, device=str(d.device), rank=d.rank, world_size=d.world_size,
                           seed=cfg.seed, workers=cfg.workers)
