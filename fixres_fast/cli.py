@@ -150,14 +150,18 @@ def verify_cmd(out, workers):
 
 
 def run_options(fn):
-    """--backend, --device, --amp and --workers, as every job that runs a model on records takes them."""
+    """--backend, --device, --amp, --workers and --on-corrupt, as every job that runs a model on records takes them."""
     options = [
         click.option("--backend", type=click.Choice(["auto", "dali", "ffcv", "torch"]), default="auto",
-                     help="Loader: auto is DALI on a GPU where installed, else FFCV where installed, else torch."),
+                     help="Loader: auto is, of those that can read the data, DALI on a GPU where installed, else FFCV where "
+                          "installed, else torch."),
         click.option("--device", default="auto", help="cuda, cpu or auto (cuda when torch sees a GPU)."),
         click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto",
                      help="Mixed precision: auto is bf16 on a GPU that supports it, else off."),
         click.option("--workers", default=0, show_default=False, help="Loader workers [default: all cores]."),
+        click.option("--on-corrupt", type=click.Choice(["stop", "skip"]), default="stop",
+                     help="A damaged record (libjpeg fails or reports corrupt data): stop, naming it, or leave it "
+                          "out and count it (a warning after each epoch)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -172,7 +176,7 @@ def run_options(fn):
 @click.option("--gpus", default=1, help="Processes on this machine, one per GPU (gloo CPU processes with --device cpu); "
               "runs the same command under torchrun. On several nodes, call torchrun yourself.")
 @click.option("--backend", type=click.Choice(["auto", "dali", "ffcv", "torch"]), default="auto",
-              help="Loader; auto: DALI on GPU, else FFCV, else torchvision.")
+              help="Loader; auto: of those that can read --data, DALI on GPU, else FFCV, else torchvision.")
 @click.option("--device", default="auto", help="cuda, cpu or auto.")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto",
               help="Mixed precision: auto = bf16 where the GPU supports it, fp16 uses a GradScaler.")
@@ -195,6 +199,9 @@ def run_options(fn):
 @click.option("--tensorboard", is_flag=True, help="Also write each epoch's metrics as TensorBoard scalars in OUT/tensorboard.")
 @click.option("--seed", default=0)
 @click.option("--workers", default=0, show_default=False, help="Loader workers [default: all cores].")
+@click.option("--on-corrupt", type=click.Choice(["stop", "skip"]), default="stop",
+              help="A damaged record (libjpeg fails or reports corrupt data): stop, naming it, or leave it "
+                   "out and count it (a warning after each epoch).")
 @user_errors
 def train(gpus, compile_, eval_res, **opts):
     """Train a classifier at K_train with the paper's recipe (SGD, lr 0.1*B/256 divided by 10 every

@@ -110,6 +110,7 @@ class EvalConfig:
     device: str = "auto"
     amp: str = "auto"
     workers: int = 0
+    on_corrupt: str = "stop"  # a damaged record: stop naming it, or skip and count it (LoaderConfig.on_corrupt)
     folds: int = FOLDS
 
 
@@ -126,7 +127,8 @@ def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
         raise UserError(f"test resolutions must be positive numbers of pixels, got {bad}")
     device = resolve_device(cfg.device)
     dtype, backend = amp_dtype(cfg.amp, device), cfg.backend  # resolved per data set, below
-    loader_cfg = LoaderConfig(batch_size=cfg.batch_size, device=str(device), workers=cfg.workers, training=False)
+    loader_cfg = LoaderConfig(batch_size=cfg.batch_size, device=str(device), workers=cfg.workers, training=False,
+                              on_corrupt=cfg.on_corrupt)
     rows = []
     for path in cfg.checkpoints:
         doc = checkpoint.load(path)

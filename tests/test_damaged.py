@@ -30,21 +30,24 @@ def flip_bytes(jpeg: bytes) -> bytes:
 
 @pytest.fixture(scope="module")
 def damaged(tmp_path_factory, photos):
-    """6 real photos converted (val split, both formats); val record 2 damaged in the .beton and the .rec alike."""
+    """6 real photos converted (train and val splits, both formats); record 2 of each split damaged in the .beton
+    and the .rec alike."""
     root = tmp_path_factory.mktemp("damaged")
-    for j in range(6):
-        (root / "src" / "val" / f"c{j % 2}").mkdir(parents=True, exist_ok=True)
-        shutil.copy(photos[j], root / "src" / "val" / f"c{j % 2}" / f"{j}.jpg")
+    for split in ("train", "val"):
+        for j in range(6):
+            (root / "src" / split / f"c{j % 2}").mkdir(parents=True, exist_ok=True)
+            shutil.copy(photos[j + (6 if split == "train" else 0)], root / "src" / split / f"c{j % 2}" / f"{j}.jpg")
     out = root / "out"
     convert(ConvertConfig(layout="folder", src=str(root / "src"), out=str(out), workers=1), log=lambda *_: None)
-    jpeg = open_source(out, "val").read(VICTIM).tobytes()
-    bad = flip_bytes(jpeg)
-    assert check_jpeg(np.frombuffer(bad, np.uint8)) == -4  # libjpeg: "Corrupt JPEG data"
-    Image.open(io.BytesIO(bad)).load()  # which PIL decodes around, silently
-    for f in list(out.glob("val*.rec")) + [out / "val.beton"]:
-        data = f.read_bytes()
-        assert data.count(jpeg) == 1
-        f.write_bytes(data.replace(jpeg, bad))
+    for split in ("train", "val"):
+        jpeg = open_source(out, split).read(VICTIM).tobytes()
+        bad = flip_bytes(jpeg)
+        assert check_jpeg(np.frombuffer(bad, np.uint8)) == -4  # libjpeg: "Corrupt JPEG data"
+        Image.open(io.BytesIO(bad)).load()  # which PIL decodes around, silently
+        for f in list(out.glob(f"{split}*.rec")) + [out / f"{split}.beton"]:
+            data = f.read_bytes()
+            assert data.count(jpeg) == 1
+            f.write_bytes(data.replace(jpeg, bad))
     labels = open_source(out, "val").labels
     return out, labels
 
@@ -99,3 +102,33 @@ def test_auto_backend_reads_what_is_there(damaged, tmp_path, photos):
             log=lambda *_: None)
     assert backend_for("auto", cuda, raw) == "ffcv"
     assert backend_for("torch", cpu, raw) == "torch"  # a named backend is kept
+
+
+@pytest.mark.parametrize("cut", ["val.beton", "val-00000-of-00001.rec"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_truncated_file_is_one_line_from_every_backend(damaged, tmp_path, backend, cut):
+    out = tmp_path / "out"
+    shutil.copytree(damaged[0], out)
+    size = (out / cut).stat().st_size
+    with open(out / cut, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(UserError, match=rf"{cut} is truncated \({size // 2} of {size} bytes\): re-convert") as e:
+        list(make_loader(backend, make_spec("test", 64), out, "val", batch_size=3, workers=1))
+    assert "\n" not in str(e.value)
+
+
+def test_train_on_corrupt_option(damaged, tmp_path):
+    """Through the CLI: stop is one line naming the record; skip trains, and says what it left out."""
+    from click.testing import CliRunner
+
+    from fixres_fast.cli import main
+
+    args = ["train", "--data", str(damaged[0]), "--arch", "fixres_cnn", "--res", "32", "--epochs", "1", "--batch-size",
+            "6", "--repeats", "1", "--device", "cpu", "--backend", "torch", "--workers", "1"]
+    res = CliRunner().invoke(main, args + ["--out", str(tmp_path / "a")])
+    assert res.exit_code == 1 and f"record {VICTIM} of split 'train'" in res.output and "--on-corrupt skip" in res.output
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(main, args + ["--out", str(tmp_path / "b"), "--on-corrupt", "skip"])
+    assert res.exit_code == 0, res.output
+    assert "epoch 0: left out 1 damaged record(s) of split 'train'" in res.output
+    assert "left out 1 damaged record(s) of split 'val'" in res.output

@@ -52,6 +52,7 @@ class ActivationsConfig:
     device: str = "auto"
     amp: str = "auto"
     workers: int = 0
+    on_corrupt: str = "stop"  # a damaged record: stop naming it, or skip and count it (LoaderConfig.on_corrupt)
 
     def __post_init__(self):
         if not self.checkpoints:
@@ -97,7 +98,8 @@ def pooled_activations(cfg: ActivationsConfig, log=print) -> ActivationsResult:
 
     device = resolve_device(cfg.device)
     dtype, backend = amp_dtype(cfg.amp, device), cfg.backend  # resolved per data set, below
-    loader_cfg = LoaderConfig(batch_size=cfg.batch_size, device=str(device), workers=cfg.workers, training=False)
+    loader_cfg = LoaderConfig(batch_size=cfg.batch_size, device=str(device), workers=cfg.workers, training=False,
+                              on_corrupt=cfg.on_corrupt)
     docs = [(path, checkpoint.load(path)) for path in cfg.checkpoints]  # every path checked before any work
     rows, cdfs, skipped = [], [], []
     for path, doc in docs:

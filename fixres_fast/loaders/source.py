@@ -184,10 +184,28 @@ def open_source(source, split: str) -> Source:
         manifest = json.loads((root / "manifest.json").read_text())
         if split not in manifest["splits"]:
             raise UserError(f"{root} has no split {split!r}; its manifest lists {', '.join(manifest['splits'])}")
+        check_sizes(root, split, manifest)
         return Records(root, split, manifest)
     if not root.is_dir():
         raise UserError(f"source {root} does not exist: give a conversion's OUT folder or an ImageFolder tree")
     return Folder(root, split)
+
+
+def check_sizes(out: Path, split: str, manifest: dict) -> None:
+    """Every file of ``split`` has the size the manifest gives it (a stat each: cheap), else one UserError line.
+
+    A truncated .beton or .rec otherwise fails deep inside FFCV ("negative dimensions") or struct, or
+    only at the record it cuts. A full check of the contents is `fixres-fast convert verify OUT`."""
+    for f in manifest["splits"][split].get("files", []):
+        path = out / f["name"]
+        size = path.stat().st_size if path.is_file() else None
+        if size is None:
+            raise UserError(f"{path} is missing (the manifest lists it): re-convert into {out}")
+        if size < f["bytes"]:
+            raise UserError(f"{path} is truncated ({size} of {f['bytes']} bytes): re-convert into {out}")
+        if size != f["bytes"]:
+            raise UserError(f"{path} has {size} bytes, the manifest says {f['bytes']}: it changed since the "
+                            f"conversion; re-convert into {out}")
 
 
 def _map(path: Path) -> mmap.mmap:
