@@ -132,3 +132,15 @@ def test_train_on_corrupt_option(damaged, tmp_path):
     assert res.exit_code == 0, res.output
     assert "epoch 0: left out 1 damaged record(s) of split 'train'" in res.output
     assert "left out 1 damaged record(s) of split 'val'" in res.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["torch", "dali"])  # nvJPEG decodes around corrupt data as PIL does
+def test_flipped_bytes_on_the_gpu(damaged, backend):
+    out, labels = damaged
+    spec = make_spec("test", 64)
+    with pytest.raises(RecordError, match=rf"record {VICTIM} of split 'val' .*libjpeg reports corrupt data"):
+        list(make_loader(backend, spec, out, "val", batch_size=3, workers=1, device="cuda"))
+    loader = make_loader(backend, spec, out, "val", batch_size=3, workers=1, device="cuda", on_corrupt="skip")
+    got = torch.cat([y for _, y in loader]).cpu().tolist()
+    assert got == np.delete(labels, VICTIM).tolist() and loader.skipped == 1

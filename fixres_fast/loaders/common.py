@@ -135,14 +135,18 @@ class DamagedRecords:
     """The one policy for damaged records, shared by the backends.
 
     Backends that cannot see libjpeg's warnings (torch: PIL or nvJPEG; dali) ask :meth:`sound` before they
-    decode a record; its verdict is kept per record in shared memory (DataLoader workers write it), so each
-    record is checked once per loader. The ffcv backend needs no check: its decoder returns libjpeg's code.
+    decode a record; its verdict is kept per record (in shared memory where DataLoader workers write it:
+    :meth:`share`), so each record is checked once per loader. The ffcv backend needs no check: its decoder returns libjpeg's code.
     The main process hands each batch's damaged records to :meth:`found`, which stops or counts."""
 
     def __init__(self, source, policy: str):
         self.source, self.policy = source, policy
-        self.verdict = torch.zeros(len(source), dtype=torch.int8).share_memory_()  # 0 unchecked, 1 sound, 2 damaged
+        self.verdict = torch.zeros(len(source), dtype=torch.int8)  # 0 unchecked, 1 sound, 2 damaged
         self.skipped, self.in_epoch = 0, 0
+
+    def share(self) -> None:
+        """Move the verdicts to shared memory, before worker processes start."""
+        self.verdict.share_memory_()
 
     def sound(self, i: int) -> bool:
         if self.verdict[i] == 0:

@@ -145,7 +145,7 @@ class PILDataset(torch.utils.data.Dataset):
 
     ``reduced``: decode through :class:`ReducedDecode`; else the reference (:func:`pil_transform` on a full decode)."""
 
-    def __init__(self, source, spec, damaged, reduced: bool = False):
+    def __init__(self, source, spec, damaged=None, reduced: bool = False):
         self.source, self.size, self.damaged = source, spec.size, damaged
         self.reduced = ReducedDecode(spec) if reduced else None
         self.transform = pil_transform(spec)
@@ -155,7 +155,8 @@ class PILDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
-            if not self.damaged.sound(i):  # PIL decodes around corrupt data: libjpeg's verdict, once per record
+            # PIL decodes around corrupt data: libjpeg's verdict (.common.DamagedRecords), once per record
+            if self.damaged is not None and not self.damaged.sound(i):
                 raise RecordError("damaged")
             with self.source.open_image(i) as im:
                 out = self.reduced(im) if self.reduced is not None else self.transform(im.convert("RGB"))
@@ -174,7 +175,7 @@ class BytesDataset(torch.utils.data.Dataset):
     saturation factors. The GPU side then only decodes and applies them, so its output follows
     (seed, rank) whatever thread runs it. A header that does not parse flags the record (``ok`` False)."""
 
-    def __init__(self, source, spec, damaged):
+    def __init__(self, source, spec, damaged=None):
         self.source, self.boxes, self.damaged = source, ReducedDecode(spec), damaged
         self.flip, self.jitter = getattr(spec, "flip", False), getattr(spec, "jitter", 0)
 
@@ -185,7 +186,8 @@ class BytesDataset(torch.utils.data.Dataset):
         flip = bool(torch.rand(()) < 0.5) if self.flip else False
         factors = torch.empty(3).uniform_(1 - self.jitter, 1 + self.jitter) if self.jitter else torch.ones(3)
         try:
-            if not self.damaged.sound(i):  # nvJPEG decodes around corrupt data: libjpeg's verdict, once per record
+            # nvJPEG decodes around corrupt data: libjpeg's verdict (.common.DamagedRecords), once per record
+            if self.damaged is not None and not self.damaged.sound(i):
                 raise RecordError("damaged")
             data = self.source.read(i)
             with Image.open(io.BytesIO(data)) as im:
@@ -225,6 +227,7 @@ class TorchLoader(BatchLoader):
         if cuda and source.raw:
             raise UserError(f"{source.root} stores raw pixels (--write-mode raw), and the torch backend on CUDA "
                             "decodes JPEG with nvJPEG: use the ffcv backend, or the torch backend on the CPU")
+        self.damaged.share()  # the workers check records
         dataset = (BytesDataset(source, spec, self.damaged) if cuda
                    else PILDataset(source, spec, self.damaged, reduced=config.reduced_decode))
         n = workers(config)
