@@ -144,3 +144,16 @@ def test_flipped_bytes_on_the_gpu(damaged, backend):
     loader = make_loader(backend, spec, out, "val", batch_size=3, workers=1, device="cuda", on_corrupt="skip")
     got = torch.cat([y for _, y in loader]).cpu().tolist()
     assert got == np.delete(labels, VICTIM).tolist() and loader.skipped == 1
+
+
+def test_train_with_the_auto_backend_on_an_image_folder_tree(damaged, tmp_path):
+    """The tree the records were converted from (no .beton there): auto must not pick ffcv."""
+    from click.testing import CliRunner
+
+    from fixres_fast.cli import main
+
+    res = CliRunner().invoke(main, ["train", "--data", str(damaged[0].parent / "src"), "--arch", "fixres_cnn", "--res",
+                                    "32", "--epochs", "1", "--batch-size", "6", "--repeats", "1", "--device", "cpu",
+                                    "--workers", "1", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "last.pt").is_file()
