@@ -46,9 +46,11 @@ class _Feed:
 
         self.fed, self.dropped = [], []
         source, spec, damaged = self.owner.source, self.owner.spec, self.owner.damaged
+        verdict = damaged.verdict.numpy()
         with ThreadPoolExecutor(self.threads) as pool:
             for idx in self.owner.batches():
-                sound = np.fromiter(pool.map(damaged.sound, idx.tolist()), bool, len(idx))
+                list(pool.map(damaged.sound, idx[verdict[idx] == 0].tolist()))  # the records not yet checked
+                sound = verdict[idx] == 1
                 self.dropped.append((idx[~sound], len(idx)))
                 if sound.any():  # a wholly damaged batch goes in as it is: the policy stops the loader at it
                     idx = idx[sound]
