@@ -57,6 +57,7 @@ class AdaptConfig:
     device: str = "auto"
     amp: str = "auto"
     workers: int = 0
+    on_corrupt: str = "stop"  # a damaged record: stop naming it, or skip and count it (LoaderConfig.on_corrupt)
     seed: int = 0
     cache: bool = True  # with test DA, run the frozen trunk once and cache what the tuned layers need
     cache_mib: int = 4096  # above this, stream through the trunk every epoch instead
@@ -84,7 +85,7 @@ class _Job:
 
         spec = test_spec(self.meta, k) if mode == "test" else make_spec(mode, k)
         c = LoaderConfig(batch_size=batch_size or self.cfg.batch_size, device=str(self.device), seed=self.cfg.seed,
-                         workers=self.cfg.workers, training=training)
+                         workers=self.cfg.workers, training=training, on_corrupt=self.cfg.on_corrupt)
         return make_loader(self.backend, spec, self.data, split, c)
 
     @property
@@ -98,7 +99,7 @@ def adapt(cfg: AdaptConfig, log=print) -> dict:
     doc = checkpoint.load(cfg.checkpoint)
     device = resolve_device(cfg.device)
     job = _Job(cfg, doc["meta"], checkpoint_data(doc, cfg.data), device, amp_dtype(cfg.amp, device),
-               backend_for(cfg.backend, device))
+               backend_for(cfg.backend, device, checkpoint_data(doc, cfg.data)))
     model = model_from_checkpoint(doc, device)
     tuned_modules(model, cfg.tune if cfg.method == "finetune" else "fc", cfg.bn_scope, job.k_train)  # fail early
     t0 = time.perf_counter()

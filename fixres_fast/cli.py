@@ -36,7 +36,7 @@ def main():
     """
 
 
-@main.group()
+@main.group(short_help="Convert a data set into .beton files and RecordIO shards.")
 def convert():
     """Convert a data set into FFCV .beton files and DALI-readable RecordIO shards.
 
@@ -63,7 +63,7 @@ def convert_options(fn):
         click.option("--write-mode", type=click.Choice(["jpg", "raw"]), default="jpg", show_default=True,
                      help="How the .beton stores pixels: JPEG, or raw RGB (faster to load, far larger)."),
         click.option("--shards", default=1, show_default=True, help="RecordIO shards per split."),
-        click.option("--workers", default=0, help="Encoding processes [default: all cores]."),
+        click.option("--workers", default=0, show_default=False, help="Encoding processes [default: all cores]."),
         click.option("--test-res", default=288, show_default=True,
                      help="Largest test resolution K_test you intend; warns when --max-side is too small for it."),
         click.option("--seed", default=0, show_default=True, help="Seed of the stored order of train records."),
@@ -86,48 +86,60 @@ def _run_convert(layout, src, out, fmt, then_verify, year=None, **opts):
         check(out, workers=opts["workers"])
 
 
-@convert.command()
+@convert.command(short_help="ImageNet (ILSVRC-2012), also as Kaggle ships it.")
 @convert_options
+@click.option("--val-labels", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Kaggle's LOC_val_solution.csv for a flat val/ [default: looked for in SRC and 3 folders above].")
 @user_errors
 def imagenet(src, out, **opts):
     """ImageNet (ILSVRC-2012): SRC/train/nXXXXXXXX/*.JPEG and SRC/val/.
 
-    val/ may hold class folders, or flat files labelled by SRC/LOC_val_solution.csv or the devkit's
+    val/ may hold class folders, or flat files labelled by LOC_val_solution.csv (in SRC or up to 3 folders
+    above it, as in Kaggle's ILSVRC/Data/CLS-LOC; or --val-labels) or the devkit's
     ILSVRC2012_validation_ground_truth.txt + meta.mat. Class index = sorted wnid order.
     """
     _run_convert("imagenet", src, out, **opts)
 
 
-@convert.command()
+@convert.command(short_help="iNaturalist 2017, 2018, 2019 or 2021 (COCO-style JSON).")
 @convert_options
 @click.option("--year", type=click.Choice(["2017", "2018", "2019", "2021"]), required=True,
               help="Which release: picks the annotation files (train2019.json, val2019.json, ...).")
+@click.option("--train-set", type=click.Choice(["train", "train_mini"]), default=None,
+              help="2021 only: train.json (2.7M images) or train_mini.json (500k) [default: train.json].")
 @user_errors
 def inat(src, out, year, **opts):
-    """iNaturalist: COCO-style train*/val* JSON annotations in SRC; file_name relative to SRC."""
+    """iNaturalist: COCO-style train*/val* JSON annotations in SRC; file_name relative to SRC.
+
+    A missing annotation file is named in a warning; its split is not converted."""
     _run_convert("inat", src, out, year=int(year), **opts)
 
 
-@convert.command()
+@convert.command(short_help="Herbarium 2019, 2020 or 2021.")
 @convert_options
 @user_errors
 def herbarium(src, out, **opts):
-    """Herbarium 2019 (FGVC6): SRC/train/metadata.json and SRC/validation/metadata.json."""
+    """Herbarium 2019-2021: SRC/train/ and SRC/validation/ (stored as split val), as class folders (2019).
+
+    2019: SRC/<split>/<category>/<image> (small-train/, a subset of train/, is not converted when train/
+    is there). 2020, 2021: SRC/<split>/metadata.json (COCO-style, latin-1 or UTF-8), file_name relative
+    to its folder; test/metadata.json has no labels and is not converted."""
     _run_convert("herbarium", src, out, **opts)
 
 
-@convert.command()
+@convert.command(short_help="Any ImageFolder tree: SRC/<split>/<class>/<image>.")
 @convert_options
 @user_errors
 def folder(src, out, **opts):
-    """Any ImageFolder tree: SRC/<split>/<class>/<image> (splits: train, val, validation, test),
-    or SRC/<class>/<image> as a single train split."""
+    """Any ImageFolder tree: SRC/<split>/<class>/<image>, or SRC/<class>/<image> as one train split.
+
+    Splits: train, test, and val (also named validation or valid; stored as val)."""
     _run_convert("folder", src, out, **opts)
 
 
-@convert.command("verify")
+@convert.command("verify", short_help="Re-read every record of OUT and check it against its manifest.")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--workers", default=0, help="Decoding threads [default: all cores].")
+@click.option("--workers", default=0, show_default=False, help="Decoding threads [default: all cores].")
 @user_errors
 def verify_cmd(out, workers):
     """Re-read every record in OUT through FFCV's Loader and DALI's readers.mxnet and check
@@ -138,21 +150,25 @@ def verify_cmd(out, workers):
 
 
 def run_options(fn):
-    """--backend, --device, --amp and --workers, as every job that runs a model on records takes them."""
+    """--backend, --device, --amp, --workers and --on-corrupt, as every job that runs a model on records takes them."""
     options = [
         click.option("--backend", type=click.Choice(["auto", "dali", "ffcv", "torch"]), default="auto",
-                     help="Loader: auto is DALI on a GPU where installed, else FFCV where installed, else torch."),
+                     help="Loader: auto is, of those that can read the data, DALI on a GPU where installed, else FFCV where "
+                          "installed, else torch."),
         click.option("--device", default="auto", help="cuda, cpu or auto (cuda when torch sees a GPU)."),
         click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto",
                      help="Mixed precision: auto is bf16 on a GPU that supports it, else off."),
-        click.option("--workers", default=0, help="Loader workers [default: all cores]."),
+        click.option("--workers", default=0, show_default=False, help="Loader workers [default: all cores]."),
+        click.option("--on-corrupt", type=click.Choice(["stop", "skip"]), default="stop",
+                     help="A damaged record (libjpeg fails or reports corrupt data): stop, naming it, or leave it "
+                          "out and count it (a warning after each epoch)."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-@main.command(context_settings={"show_default": True})
+@main.command(context_settings={"show_default": True}, short_help="Train a classifier at K_train with the paper's recipe.")
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="A conversion's OUT folder (or an ImageFolder tree).")
 @click.option("--out", default="runs/train", type=click.Path(file_okay=False), help="Checkpoints (last.pt, best.pt) and metrics.jsonl.")
 @click.option("--arch", default="resnet50", help="Model name from torchvision, else timm.")
@@ -160,7 +176,7 @@ def run_options(fn):
 @click.option("--gpus", default=1, help="Processes on this machine, one per GPU (gloo CPU processes with --device cpu); "
               "runs the same command under torchrun. On several nodes, call torchrun yourself.")
 @click.option("--backend", type=click.Choice(["auto", "dali", "ffcv", "torch"]), default="auto",
-              help="Loader; auto: DALI on GPU, else FFCV, else torchvision.")
+              help="Loader; auto: of those that can read --data, DALI on GPU, else FFCV, else torchvision.")
 @click.option("--device", default="auto", help="cuda, cpu or auto.")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto",
               help="Mixed precision: auto = bf16 where the GPU supports it, fp16 uses a GradScaler.")
@@ -177,11 +193,15 @@ def run_options(fn):
 @click.option("--no-bn-weight-decay", is_flag=True, help="No weight decay on BatchNorm parameters and biases.")
 @click.option("--repeats", default=3, help="Repeated augmentation: copies of each image per epoch (paper: 3).")
 @click.option("--aug", type=click.Choice(["train", "test", "test2"]), default="train", help="Train DA (paper), or test DA / DA2.")
-@click.option("--eval-res", default="", help="Further test resolutions to evaluate after each epoch, e.g. 224,288.")
+@click.option("--eval-res", default="", show_default=False,
+              help="Further test resolutions to evaluate after each epoch, e.g. 224,288 [default: none].")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt.")
 @click.option("--tensorboard", is_flag=True, help="Also write each epoch's metrics as TensorBoard scalars in OUT/tensorboard.")
 @click.option("--seed", default=0)
-@click.option("--workers", default=0, help="Loader workers [default: all cores].")
+@click.option("--workers", default=0, show_default=False, help="Loader workers [default: all cores].")
+@click.option("--on-corrupt", type=click.Choice(["stop", "skip"]), default="stop",
+              help="A damaged record (libjpeg fails or reports corrupt data): stop, naming it, or leave it "
+                   "out and count it (a warning after each epoch).")
 @user_errors
 def train(gpus, compile_, eval_res, **opts):
     """Train a classifier at K_train with the paper's recipe (SGD, lr 0.1*B/256 divided by 10 every
@@ -206,7 +226,7 @@ def train(gpus, compile_, eval_res, **opts):
     run(TrainConfig(recipe=recipe, compile=compile_, eval_res=parse_resolutions(eval_res), **opts))
 
 
-@main.command(context_settings={"show_default": True})
+@main.command(context_settings={"show_default": True}, short_help="Run the method end to end on small offline data sets.")
 @click.option("--out", default="runs/demo", type=click.Path(file_okay=False),
               help="Where the sample data sets, records, checkpoints and results go.")
 @click.option("--k-train", default=32, help="Train resolution of the FixRes network.")
@@ -216,7 +236,7 @@ def train(gpus, compile_, eval_res, **opts):
 @click.option("--adapt-epochs", type=int, default=None,
               help=f"Fine-tuning epochs of the adaptation [default: the paper's {FINETUNE_EPOCHS}].")
 @click.option("--baseline/--no-baseline", default=True, help="Also train a network at --k-test, for comparison.")
-@click.option("--workers", default=0, help="Processes [default: all cores].")
+@click.option("--workers", default=0, show_default=False, help="Processes [default: all cores].")
 @click.option("--seed", default=0)
 @user_errors
 def demo(n_train, **opts):
@@ -238,7 +258,7 @@ def demo(n_train, **opts):
     run(DemoConfig(n_train=n_train, n_val=n_train // 2, **opts))
 
 
-@main.command(context_settings={"show_default": True})
+@main.command(context_settings={"show_default": True}, short_help="Cost of training, inference and adaptation against resolution K.")
 @click.option("--arch", default="resnet50", help="Model name from torchvision, else timm (randomly initialised).")
 @click.option("--res", default="64,128,160,224,288,384,448", help="Resolutions K to profile, comma-separated.")
 @click.option("--batch-size", default=32, help="Images per batch (Table 7 trains with 32).")
@@ -265,12 +285,12 @@ def profile(res, out, **opts):
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
-@main.group()
+@main.group(short_help="The paper's analyses (Sec. 3), from our own samplers.")
 def analyze():
     """The paper's analyses, regenerated from our own samplers (Sec. 3)."""
 
 
-@analyze.command("scale")
+@analyze.command("scale", short_help="Apparent object size at test vs train time (Eq. 1-5).")
 @click.option("--k-train", default=224, show_default=True, help="K_train: the train resolution.")
 @click.option("--k-test", default=224, show_default=True, help="K_test: the test crop.")
 @click.option("--resize-ratio", default="256/224", show_default=True,
@@ -296,7 +316,7 @@ def scale(resize_ratio, **opts):
     click.echo("\n".join(report_lines(report)))
 
 
-@analyze.command("roc")
+@analyze.command("roc", short_help="RoC area at train and test time on real image sizes (Fig. 2).")
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="A conversion's OUT folder (or an ImageFolder tree).")
 @click.option("--backend", default="ffcv", show_default=True, help="Whose train RoC sampler: ffcv, torch or dali.")
 @click.option("--split", default="train", show_default=True)
@@ -324,7 +344,8 @@ def roc(resize_ratio, out, **opts):
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
-@analyze.command("activations", context_settings={"show_default": True})
+@analyze.command("activations", context_settings={"show_default": True},
+                  short_help="Pooled activations against test resolution (Fig. 3, 4).")
 @click.option("--checkpoint", "checkpoints", required=True, multiple=True, type=click.Path(dir_okay=False),
               help="Repeatable: e.g. a checkpoint and its adapted version, drawn on one plot (Fig. 4).")
 @click.option("--res", default="64,128,224,448", help="Test resolutions K_test, comma-separated (the paper's Fig. 3).")
@@ -360,7 +381,7 @@ def _test_res(text: str) -> int | None:
         raise click.BadParameter(f"expected a resolution in pixels such as 224, or 'auto', got {text!r}") from None
 
 
-@main.command(context_settings={"show_default": True})
+@main.command(context_settings={"show_default": True}, short_help="Adapt a checkpoint to the test resolution K_test (Sec. 4.2).")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A checkpoint from `fixres-fast train`.")
 @click.option("--test-res", required=True, help="K_test in pixels, or 'auto': try multiples of 32 from K_train to "
               "2 K_train on a held-out slice of the training set, keep the best (Eq. 5's prediction is printed beside it).")
@@ -397,11 +418,13 @@ def adapt(test_res, **opts):
     run(AdaptConfig(test_res=_test_res(test_res), **opts), log=click.echo)
 
 
-@main.command("evaluate", context_settings={"show_default": True})
+@main.command("evaluate", context_settings={"show_default": True},
+              short_help="Top-1 and top-5 at each test resolution (test DA).")
 @click.option("--checkpoint", "checkpoints", required=True, multiple=True, type=click.Path(dir_okay=False),
               help="Repeatable: e.g. the base checkpoint and the adapted one, drawn on one plot (Fig. 5).")
-@click.option("--res", default="", help="Test resolutions, e.g. 128,160,224,288,384 [default: each checkpoint's own].")
-@click.option("--ensemble", default="", help="Average the softmax over these resolutions, e.g. 384,352.")
+@click.option("--res", default="", show_default=False, help="Test resolutions, e.g. 128,160,224,288,384 [default: each checkpoint's own].")
+@click.option("--ensemble", default="", show_default=False,
+              help="Average the softmax over these resolutions, e.g. 384,352 [default: none].")
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="A conversion's OUT folder [default: the one each checkpoint was trained or adapted on].")
 @click.option("--out", default="runs/evaluate", type=click.Path(file_okay=False),

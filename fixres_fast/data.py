@@ -25,11 +25,26 @@ def dataset_info(data: str | Path) -> tuple[int, list[str]]:
                     "(train/<class>/<image>); run `fixres-fast convert ... OUT` and pass OUT as --data")
 
 
-def backend_for(backend: str, device: torch.device) -> str:
-    """'auto': DALI on a GPU when installed, else FFCV when installed, else the torchvision reference."""
+def readable_by(data: str | Path) -> set[str]:
+    """The backends that can read ``data``: ffcv needs a .beton; dali JPEG records (RecordIO shards, a JPEG .beton)
+    or image files; torch reads them all."""
+    data = Path(data)
+    if not (data / "manifest.json").is_file():
+        return {"dali", "torch"}  # an ImageFolder tree: image files
+    manifest = json.loads((data / "manifest.json").read_text())
+    names = [f["name"] for s in manifest.get("splits", {}).values() for f in s.get("files", [])]
+    beton, rec = any(n.endswith(".beton") for n in names), any(n.endswith(".rec") for n in names)
+    raw = (manifest.get("options") or {}).get("write_mode") == "raw"
+    return {"torch"} | ({"ffcv"} if beton else set()) | ({"dali"} if rec or (beton and not raw) else set())
+
+
+def backend_for(backend: str, device: torch.device, data: str | Path) -> str:
+    """'auto': of the backends that can read ``data`` (:func:`readable_by`), DALI on a GPU when installed, else FFCV
+    when installed, else the torchvision reference."""
     if backend != "auto":
         return backend
+    can = readable_by(data)
     have = {name: importlib.util.find_spec(mod) is not None for name, mod in (("dali", "nvidia.dali"), ("ffcv", "ffcv"))}
-    if device.type == "cuda" and have["dali"]:
+    if device.type == "cuda" and have["dali"] and "dali" in can:
         return "dali"
-    return "ffcv" if have["ffcv"] else "torch"
+    return "ffcv" if have["ffcv"] and "ffcv" in can else "torch"

@@ -110,6 +110,7 @@ class EvalConfig:
     device: str = "auto"
     amp: str = "auto"
     workers: int = 0
+    on_corrupt: str = "stop"  # a damaged record: stop naming it, or skip and count it (LoaderConfig.on_corrupt)
     folds: int = FOLDS
 
 
@@ -125,8 +126,9 @@ def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
     if bad:
         raise UserError(f"test resolutions must be positive numbers of pixels, got {bad}")
     device = resolve_device(cfg.device)
-    dtype, backend = amp_dtype(cfg.amp, device), backend_for(cfg.backend, device)
-    loader_cfg = LoaderConfig(batch_size=cfg.batch_size, device=str(device), workers=cfg.workers, training=False)
+    dtype, backend = amp_dtype(cfg.amp, device), cfg.backend  # resolved per data set, below
+    loader_cfg = LoaderConfig(batch_size=cfg.batch_size, device=str(device), workers=cfg.workers, training=False,
+                              on_corrupt=cfg.on_corrupt)
     rows = []
     for path in cfg.checkpoints:
         doc = checkpoint.load(path)
@@ -134,7 +136,7 @@ def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
         data, own = checkpoint_data(doc, cfg.data), cfg.res or (meta["test_res"],)
         ensemble = None
         for k in dict.fromkeys((*own, *cfg.ensemble)):
-            probs, labels = predict(model, make_loader(backend, test_spec(meta, k), data, "val", loader_cfg), dtype)
+            probs, labels = predict(model, make_loader(backend_for(backend, device, data), test_spec(meta, k), data, "val", loader_cfg), dtype)
             if k in cfg.ensemble:
                 ensemble = probs if ensemble is None else ensemble + probs
             if k in own:

@@ -43,8 +43,8 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
     name = arch.removeprefix("timm/")
     if timm is not None and name in timm.list_models():
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
-    known = architectures() + (timm.list_models() if timm is not None else [])
-    close = difflib.get_close_matches(arch, known, n=4)
+    known = dict.fromkeys(architectures() + (timm.list_models() if timm is not None else []))  # both have resnet50
+    close = difflib.get_close_matches(arch, list(known), n=4)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     where = "torchvision or timm" if timm is not None else "torchvision (timm is not installed)"
     raise UserError(f"unknown architecture {arch!r}: not a model name in {where}{hint}")

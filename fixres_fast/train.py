@@ -47,6 +47,7 @@ class TrainConfig:
     resume: bool = False
     seed: int = 0
     workers: int = 0
+    on_corrupt: str = "stop"  # a damaged record: stop naming it, or skip and count it (LoaderConfig.on_corrupt)
     tensorboard: bool = False  # also write each epoch's metrics as TensorBoard scalars under OUT/tensorboard
 
 
@@ -162,10 +163,10 @@ def _train(cfg: TrainConfig, d: Dist, log) -> dict:
 def _loaders(cfg: TrainConfig, d: Dist) -> dict:
     from .loaders import LoaderConfig, make_loader
 
-    backend = backend_for(cfg.backend, d.device)
+    backend = backend_for(cfg.backend, d.device, cfg.data)
     per_proc = cfg.recipe.batch_size // d.world_size
     common = LoaderConfig(batch_size=per_proc, device=str(d.device), rank=d.rank, world_size=d.world_size,
-                          seed=cfg.seed, workers=cfg.workers)
+                          seed=cfg.seed, workers=cfg.workers, on_corrupt=cfg.on_corrupt)
     loaders = {"train": make_loader(backend, make_spec(cfg.aug, cfg.res), cfg.data, "train",
                                     replace(common, repeats=cfg.recipe.repeats, training=True))}
     for res in dict.fromkeys((cfg.res, *cfg.eval_res)):

@@ -52,6 +52,7 @@ class ActivationsConfig:
     device: str = "auto"
     amp: str = "auto"
     workers: int = 0
+    on_corrupt: str = "stop"  # a damaged record: stop naming it, or skip and count it (LoaderConfig.on_corrupt)
 
     def __post_init__(self):
         if not self.checkpoints:
@@ -96,8 +97,9 @@ def pooled_activations(cfg: ActivationsConfig, log=print) -> ActivationsResult:
     from ..runtime import amp_dtype, resolve_device
 
     device = resolve_device(cfg.device)
-    dtype, backend = amp_dtype(cfg.amp, device), backend_for(cfg.backend, device)
-    loader_cfg = LoaderConfig(batch_size=cfg.batch_size, device=str(device), workers=cfg.workers, training=False)
+    dtype, backend = amp_dtype(cfg.amp, device), cfg.backend  # resolved per data set, below
+    loader_cfg = LoaderConfig(batch_size=cfg.batch_size, device=str(device), workers=cfg.workers, training=False,
+                              on_corrupt=cfg.on_corrupt)
     docs = [(path, checkpoint.load(path)) for path in cfg.checkpoints]  # every path checked before any work
     rows, cdfs, skipped = [], [], []
     for path, doc in docs:
@@ -112,7 +114,7 @@ def pooled_activations(cfg: ActivationsConfig, log=print) -> ActivationsResult:
                 skipped.append({"checkpoint": str(path), "res": k_test, "reason": reason})
                 log(f"warning: skipping K_test={k_test} for {Path(path).name}: {reason}")
                 continue
-            loader = make_loader(backend, test_spec(meta, k_test), data, cfg.split, loader_cfg)
+            loader = make_loader(backend_for(backend, device, data), test_spec(meta, k_test), data, cfg.split, loader_cfg)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 feats, _ = pooled_features(model, loader, cfg.limit)
             del loader  # its (persistent) workers end here, before the next loader forks its own

@@ -61,6 +61,8 @@ class ConvertConfig:
     shards: int = 1  # RecordIO shards per split
     workers: int = 0  # 0: all cores
     year: int | None = None  # iNaturalist only
+    train_set: str | None = None  # iNaturalist 2021 only: 'train' or 'train_mini' (None: train.json)
+    val_labels: str | None = None  # ImageNet only: LOC_val_solution.csv for a flat val/ (None: searched for)
     test_res: int = 288  # largest intended K_test, for the --max-side warning
     seed: int = 0  # order of records in train splits
     overwrite: bool = False
@@ -93,8 +95,10 @@ def scan(cfg: ConvertConfig) -> Layout:
     if cfg.layout == "inat":
         if cfg.year is None:
             raise UserError("iNaturalist needs --year (2017, 2018, 2019 or 2021)")
-        return inat.scan(cfg.src, cfg.year)
-    return {"imagenet": imagenet.scan, "herbarium": herbarium.scan, "folder": folder.scan}[cfg.layout](cfg.src)
+        return inat.scan(cfg.src, cfg.year, cfg.train_set)
+    if cfg.layout == "imagenet":
+        return imagenet.scan(cfg.src, cfg.val_labels)
+    return {"herbarium": herbarium.scan, "folder": folder.scan}[cfg.layout](cfg.src)
 
 
 def convert(cfg: ConvertConfig, log=print) -> dict:

@@ -4,6 +4,11 @@
 files labelled by ``LOC_val_solution.csv`` (Kaggle) or by the devkit's
 ``ILSVRC2012_validation_ground_truth.txt`` + ``meta.mat``. Class index =
 sorted wnid order (torchvision's ImageFolder order).
+
+Kaggle's archive keeps ``LOC_val_solution.csv`` three levels above the images:
+``imagenet-object-localization-challenge/LOC_val_solution.csv`` beside
+``ILSVRC/Data/CLS-LOC/{train,val}``, so SRC and up to :data:`PARENT_LEVELS` folders above it are
+searched; ``val_labels`` (``--val-labels FILE``) names the file outright.
 """
 from __future__ import annotations
 
@@ -15,9 +20,11 @@ from .layout import Item, Layout, LayoutError, Split, class_folders, describe, e
 
 WNID = re.compile(r"^n\d{8}$")
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
+SOLUTION = "LOC_val_solution.csv"
+PARENT_LEVELS = 3  # folders above SRC searched for SOLUTION (Kaggle: CLS-LOC -> Data -> ILSVRC -> the archive's root)
 
 
-def scan(src: str | Path) -> Layout:
+def scan(src: str | Path, val_labels: str | Path | None = None) -> Layout:
     src = Path(src)
     train, val = src / "train", src / "val"
     if not train.is_dir() and not val.is_dir():
@@ -33,7 +40,7 @@ def scan(src: str | Path) -> Layout:
     if train.is_dir():
         splits["train"] = from_class_folders(train, index)
     if val.is_dir():
-        splits["val"] = _val_split(src, val, index)
+        splits["val"] = _val_split(src, val, index, Path(val_labels) if val_labels else None)
     layout = Layout("imagenet", str(src), [{"index": i, "name": w} for i, w in enumerate(wnids)], splits)
     layout.warnings = empty_class_warnings(layout)
     return layout
@@ -54,13 +61,13 @@ def _val_class_wnids(val: Path) -> list[str]:
     return [n for n in class_folders(val) if WNID.match(n)]
 
 
-def _val_split(src: Path, val: Path, index: dict[str, int]) -> Split:
-    if any(WNID.match(n) for n in class_folders(val)):
+def _val_split(src: Path, val: Path, index: dict[str, int], val_labels: Path | None) -> Split:
+    if val_labels is None and any(WNID.match(n) for n in class_folders(val)):
         unknown = [n for n in class_folders(val) if n not in index]
         if unknown:
             raise LayoutError(f"SRC/val has class folders that SRC/train lacks: {', '.join(unknown[:5])}")
         return from_class_folders(val, index)
-    labels = _flat_val_labels(src, val)
+    labels = _read_solution(val_labels) if val_labels else _flat_val_labels(src, val)
     split = Split()
     for p in list_images(val):
         wnid = labels.get(p.stem)
@@ -78,18 +85,31 @@ def _val_split(src: Path, val: Path, index: dict[str, int]) -> Split:
 
 def _flat_val_labels(src: Path, val: Path) -> dict[str, str]:
     """image stem -> wnid for a flat val folder."""
-    for csv_path in (src / "LOC_val_solution.csv", val / "LOC_val_solution.csv"):
+    above = [src.resolve().parents[k] for k in range(min(PARENT_LEVELS, len(src.resolve().parents)))]
+    for csv_path in [val / SOLUTION, src / SOLUTION] + [d / SOLUTION for d in above]:
         if csv_path.is_file():
-            with open(csv_path, newline="") as f:
-                return {row["ImageId"]: row["PredictionString"].split()[0] for row in csv.DictReader(f)}
+            return _read_solution(csv_path)
     for devkit in (src, src / "ILSVRC2012_devkit_t12", src / "ILSVRC2012_devkit_t12" / "data"):
         gt = devkit / GROUND_TRUTH if (devkit / GROUND_TRUTH).is_file() else devkit / "data" / GROUND_TRUTH
         if gt.is_file():
             return _devkit_labels(gt, gt.parent / "meta.mat")
     raise LayoutError(
-        "SRC/val is a flat folder, so its labels must come from SRC/LOC_val_solution.csv or from the devkit "
-        f"(ILSVRC2012_devkit_t12/data/{GROUND_TRUTH} and meta.mat); found neither. {describe(src)}"
+        f"SRC/val is a flat folder, so its labels must come from {SOLUTION} (in SRC or up to {PARENT_LEVELS} folders "
+        f"above it) or from the devkit (ILSVRC2012_devkit_t12/data/{GROUND_TRUTH} and meta.mat); found neither. "
+        f"Pass --val-labels FILE to name {SOLUTION}. {describe(src)}"
     )
+
+
+def _read_solution(csv_path: Path) -> dict[str, str]:
+    """Kaggle's LOC_val_solution.csv: ImageId, PredictionString ('wnid x y x y wnid ...'; the first wnid is the label)."""
+    if not csv_path.is_file():
+        raise LayoutError(f"--val-labels {csv_path}: no such file")
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if not {"ImageId", "PredictionString"} <= set(reader.fieldnames or ()):
+            raise LayoutError(f"{csv_path} is not Kaggle's {SOLUTION}: expected the columns ImageId and "
+                              f"PredictionString, found {', '.join(reader.fieldnames or ()) or 'none'}")
+        return {row["ImageId"]: row["PredictionString"].split()[0] for row in reader if row["PredictionString"]}
 
 
 def _devkit_labels(gt: Path, meta: Path) -> dict[str, str]:

@@ -53,25 +53,78 @@ def describe(path: Path, limit: int = 8) -> str:
     return f"{path} holds {shown or 'nothing'}{more}"
 
 
+#: What sources call their validation split; every layout stores it as ``val``, the split the jobs read.
+VAL_NAMES = ("val", "validation", "valid")
+
+
+def canonical_split(name: str) -> str:
+    """The split name records are stored under: ``val`` for any of :data:`VAL_NAMES`, else ``name``."""
+    return "val" if name.lower() in VAL_NAMES else name
+
+
+def entries(folder: Path) -> tuple[list[str], list[Path], list[tuple[str, str]]]:
+    """What is directly inside ``folder``, sorted: (sub-folder names, image files, unusable entries).
+
+    Unusable entries are (path, reason): a symbolic link that loops or points nowhere. No layout walks
+    deeper than its fixed levels, so a link back to a parent folder cannot make the walk endless."""
+    dirs, images, bad = [], [], []
+    with os.scandir(folder) as it:
+        for e in it:
+            if e.name.startswith("."):
+                continue
+            try:
+                is_dir, is_file = e.is_dir(), e.is_file()
+            except OSError as err:  # ELOOP: a symlink loop
+                bad.append((e.path, f"cannot be followed: {err.strerror or err}"))
+                continue
+            if is_dir:
+                dirs.append(e.name)
+            elif is_file:
+                if e.name.lower().endswith(IMAGE_SUFFIXES):
+                    images.append(Path(e.path))
+            elif e.is_symlink():
+                bad.append((e.path, "a symbolic link to nothing (its target is missing)"))
+    return sorted(dirs), sorted(images), sorted(bad)
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name."""
-    with os.scandir(folder) as it:
-        return sorted(
-            Path(e.path) for e in it if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)
-        )
+    return entries(folder)[1]
 
 
 def class_folders(split_dir: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    return entries(split_dir)[0]
 
 
 def from_class_folders(split_dir: Path, index: dict[str, int]) -> Split:
-    """One split of an ImageFolder tree: ``split_dir/<class>/<image>``."""
+    """One split of an ImageFolder tree: ``split_dir/<class>/<image>``; unusable links are listed as skipped."""
     split = Split()
-    for name in class_folders(split_dir):
-        for p in list_images(split_dir / name):
-            split.items.append(Item(str(p), index[name]))
+    names, _, split.skipped = entries(split_dir)
+    for name in names:
+        _, images, bad = entries(split_dir / name)
+        split.items += [Item(str(p), index[name]) for p in images]
+        split.skipped += bad
     return split
+
+
+def read_json(path: Path):
+    """A JSON file in the encoding it has: UTF-8 (a BOM allowed), else latin-1.
+
+    Herbarium 2020/2021's metadata.json is latin-1, not UTF-8. Strict UTF-8 rarely decodes text in
+    another encoding by accident, so it is tried first; latin-1 decodes any bytes, so it is the
+    fallback (cp1252 would differ only in 0x80-0x9F, control characters in latin-1). Returns
+    (document, encoding used). Plain ``json``: no object is ever constructed from the file."""
+    import json
+
+    data = path.read_bytes()
+    try:
+        text, encoding = data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = data.decode("latin-1"), "latin-1"
+    try:
+        return json.loads(text), encoding
+    except ValueError as e:
+        raise LayoutError(f"{path} is not valid JSON ({e}); re-download it") from None
 
 
 def empty_class_warnings(layout: Layout) -> list[str]:
@@ -84,16 +137,15 @@ def empty_class_warnings(layout: Layout) -> list[str]:
     ]
 
 
-def coco_split(json_path: Path, image_root: Path):
-    """Items of a COCO-style annotation file (iNaturalist, Herbarium).
+def coco_split(json_path: Path, image_root: Path, doc: dict | None = None):
+    """Items of a COCO-style annotation file (iNaturalist, Herbarium); ``doc``: the file, if already read.
 
     Returns (split, categories) where categories maps category id -> name.
     Entries whose file is missing or that have no annotation are skipped with a reason.
     """
-    import json
-
-    with open(json_path) as f:
-        doc = json.load(f)
+    doc = read_json(json_path)[0] if doc is None else doc
+    if not isinstance(doc, dict):
+        raise LayoutError(f"{json_path} is not a COCO-style annotation file: expected an object, found a {type(doc).__name__}")
     for key in ("images", "annotations", "categories"):
         if key not in doc:
             raise LayoutError(

@@ -40,11 +40,11 @@ def verify(out: str | Path, workers: int = 0, log=print) -> dict:
         report[name] = {"count": split["count"]}
         beton = [n for n in names if n.endswith(".beton")]
         if beton:
-            _compare(name, "beton", read_beton_labels(out / beton[0], workers), labels)
+            _compare(name, "beton", read_beton_labels(out / beton[0], workers, f"verify {name} beton"), labels)
             report[name]["beton"] = "ok"
         if split.get("recordio"):
             rio = split["recordio"]
-            got = read_recordio_labels([out / r for r in rio["rec"]], out / rio["idx"], workers)
+            got = read_recordio_labels([out / r for r in rio["rec"]], out / rio["idx"], workers, f"verify {name} recordio")
             _compare(name, "recordio", got, labels)
             report[name]["recordio"] = "ok"
         log(f"{name}: {split['count']} records; " + ", ".join(f"{k} ok" for k in ("beton", "recordio") if k in report[name]))
@@ -72,8 +72,20 @@ def _compare(split: str, fmt: str, got: np.ndarray, want: np.ndarray) -> None:
         raise VerifyError(f"{split} {fmt}: {len(bad)} labels differ from the index, first at record {bad[0]}")
 
 
-def read_beton_labels(path: Path, workers: int) -> np.ndarray:
-    """Decode every image of a .beton with FFCV's Loader; return the labels in record order."""
+def _read_labels(batches, total: int, desc: str | None) -> np.ndarray:
+    """The labels of ``batches`` ((images, labels) pairs), with a progress bar in images/s when ``desc`` is given."""
+    from tqdm import tqdm
+
+    out = []
+    with tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, mininterval=0.5, disable=desc is None) as bar:
+        for lab in batches:
+            out.append(np.asarray(lab).reshape(-1))
+            bar.update(len(out[-1]))
+    return np.concatenate(out or [np.zeros(0)]).astype(np.int64)
+
+
+def read_beton_labels(path: Path, workers: int, desc: str | None = None) -> np.ndarray:
+    """Decode every image of a .beton with FFCV's Loader; return the labels in record order (``desc``: a progress bar)."""
     from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
     from ffcv.loader import Loader, OrderOption
 
@@ -81,10 +93,10 @@ def read_beton_labels(path: Path, workers: int) -> np.ndarray:
     loader = Loader(str(path), batch_size=BATCH, num_workers=workers, order=OrderOption.SEQUENTIAL,
                     drop_last=False, pipelines={"image": [CenterCropRGBImageDecoder((PROBE, PROBE), 1.0)],
                                                 "label": [IntDecoder()]})
-    return np.concatenate([np.asarray(lab).reshape(-1) for _, lab in loader] or [np.zeros(0)]).astype(np.int64)
+    return _read_labels((lab for _, lab in loader), loader.reader.num_samples, desc)
 
 
-def read_recordio_labels(recs: list[Path], index: Path, workers: int) -> np.ndarray:
+def read_recordio_labels(recs: list[Path], index: Path, workers: int, desc: str | None = None) -> np.ndarray:
     """Decode every image of RecordIO shards with DALI on the CPU; return the labels in record order.
 
     ``index`` is the split's DALI index (offsets across all shards), see :func:`.recordio.write_dali_index`.
@@ -101,4 +113,5 @@ def read_recordio_labels(recs: list[Path], index: Path, workers: int) -> np.ndar
         return images, labels
 
     it = DALIGenericIterator([pipe()], ["image", "label"], reader_name="reader", last_batch_policy=LastBatchPolicy.PARTIAL)
-    return np.concatenate([b[0]["label"].numpy().reshape(-1) for b in it] or [np.zeros(0)]).astype(np.int64)
+    total = sum(1 for line in Path(index).read_text().splitlines() if line.strip())  # one line per record
+    return _read_labels((b[0]["label"].numpy() for b in it), total, desc)

@@ -32,7 +32,7 @@ def make_loader(backend: str, spec, source, split: str = "train", config: Loader
 
     ``spec`` is a :class:`~fixres_fast.spec.TrainDA`, ``TestDA`` or ``TestDA2``; ``options`` are
     :class:`LoaderConfig` fields (batch_size, device, rank, world_size, repeats, epoch_fraction,
-    seed, workers, training) and override ``config``.
+    seed, workers, training, reduced_decode, on_corrupt) and override ``config``.
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -86,6 +86,43 @@ int decode_region(const uint8_t *data, uint64_t size, uint32_t denom, int32_t to
     return status;
 }
 
+/* Decode the whole of a JPEG at 1/8 scale (all its entropy-coded data; the IDCT of DC coefficients only) and
+ * read on to its end marker: the check of a record before a backend that cannot see libjpeg's warnings
+ * (PIL, DALI, nvJPEG) uses it. Returns 0, -1 where libjpeg fails, -4 where it warned about corrupt data. */
+int check_jpeg(const uint8_t *data, uint64_t size) {
+    struct jpeg_decompress_struct cinfo;
+    struct failure err;
+    JSAMPLE row[3 * 4096]; /* one output row at 1/8 scale of an image up to 32768 px wide */
+    JSAMPROW rows[1] = {row};
+
+    cinfo.err = jpeg_std_error(&err.mgr);
+    err.mgr.error_exit = on_error;
+    err.mgr.emit_message = on_message;
+    err.warned = 0;
+    jpeg_create_decompress(&cinfo);
+    if (setjmp(err.jump)) {
+        jpeg_destroy_decompress(&cinfo);
+        return -1;
+    }
+    jpeg_mem_src(&cinfo, data, (unsigned long)size);
+    jpeg_read_header(&cinfo, TRUE);
+    cinfo.out_color_space = JCS_RGB;
+    cinfo.scale_num = 1;
+    cinfo.scale_denom = 8;
+    cinfo.do_fancy_upsampling = FALSE;
+    jpeg_start_decompress(&cinfo);
+    if ((uint64_t)cinfo.output_width * cinfo.output_components > sizeof(row)) {
+        /* wider: a row buffer from libjpeg's pool, freed with it */
+        JSAMPARRAY big = (*cinfo.mem->alloc_sarray)((j_common_ptr)&cinfo, JPOOL_IMAGE,
+                                                    cinfo.output_width * cinfo.output_components, 1);
+        rows[0] = big[0];
+    }
+    while (cinfo.output_scanline < cinfo.output_height) jpeg_read_scanlines(&cinfo, rows, 1);
+    jpeg_finish_decompress(&cinfo);
+    jpeg_destroy_decompress(&cinfo);
+    return err.warned ? -4 : 0;
+}
+
 /* A module, so that `import fixres_fast.loaders._jpeg` finds the library; its function is called via ctypes. */
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpeg", "decode_region, for ctypes", -1, NULL};
 

@@ -17,6 +17,9 @@ from ..errors import UserError
 from ..spec import EPOCH_FRACTION, IMAGENET_MEAN, IMAGENET_STD, TrainDA
 from . import kernels
 from .sampler import RASampler
+from .source import REPAIR, RecordError
+
+ON_CORRUPT = ("stop", "skip")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,10 @@ class LoaderConfig:
     #: pixels there (geometry.dct_reduction: it never adds upsampling), and resize from that. Same boxes;
     #: pixels within a few grey levels of the full decode. False: full decodes (torch: the reference).
     reduced_decode: bool = True
+    #: A damaged record (libjpeg fails or warns of corrupt data; see :meth:`.source.Source.damage`): 'stop' raises
+    #: RecordError naming it; 'skip' leaves it out of its batch (the batch is one image shorter, never refilled, so
+    #: no image is seen twice) and counts it (:attr:`BatchLoader.skipped`, and a warning line after each epoch).
+    on_corrupt: str = "stop"
 
     def is_training(self, spec) -> bool:
         return isinstance(spec, TrainDA) if self.training is None else self.training
@@ -88,9 +95,17 @@ class BatchLoader:
         self.training = config.is_training(spec)
         if config.batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {config.batch_size}")
+        if config.on_corrupt not in ON_CORRUPT:
+            raise UserError(f"unknown on_corrupt {config.on_corrupt!r}; choose one of {', '.join(ON_CORRUPT)}")
+        self.damaged = DamagedRecords(source, config.on_corrupt)
         self.sampler = RASampler(len(source), config.world_size, config.rank, config.repeats,
                                  shuffle=self.training, seed=config.seed, epoch_fraction=config.epoch_fraction)
         self.epoch = 0
+
+    @property
+    def skipped(self) -> int:
+        """Damaged records left out so far (``on_corrupt='skip'``), over every epoch of this loader."""
+        return self.damaged.skipped
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle: the next iteration reads epoch ``epoch``'s order (the same on every rank)."""
@@ -114,3 +129,47 @@ class BatchLoader:
         """The current epoch's record indices, one array per batch."""
         idx, bs = self.epoch_indices(), self.config.batch_size
         return [idx[s:s + bs] for s in range(0, len(idx), bs)]
+
+
+class DamagedRecords:
+    """The one policy for damaged records, shared by the backends.
+
+    Backends that cannot see libjpeg's warnings (torch: PIL or nvJPEG; dali) ask :meth:`sound` before they
+    decode a record; its verdict is kept per record (in shared memory where DataLoader workers write it:
+    :meth:`share`), so each record is checked once per loader. The ffcv backend needs no check: its decoder returns libjpeg's code.
+    The main process hands each batch's damaged records to :meth:`found`, which stops or counts."""
+
+    def __init__(self, source, policy: str):
+        self.source, self.policy = source, policy
+        self.verdict = torch.zeros(len(source), dtype=torch.int8)  # 0 unchecked, 1 sound, 2 damaged
+        self.skipped, self.in_epoch = 0, 0
+
+    def share(self) -> None:
+        """Move the verdicts to shared memory, before worker processes start."""
+        self.verdict.share_memory_()
+
+    def sound(self, i: int) -> bool:
+        if self.verdict[i] == 0:
+            self.verdict[i] = 1 if self.source.damage(i) is None else 2
+        return bool(self.verdict[i] == 1)
+
+    def found(self, bad, batch_size: int) -> None:
+        """Stop at the first of ``bad`` (record indices of one batch of ``batch_size``), or count them."""
+        bad = [int(i) for i in bad]
+        if not bad:
+            return
+        if self.policy == "stop" or len(bad) == batch_size:
+            why = self.source.damage(bad[0]) or "its decoder could not decode it"
+            whole = f"; so are all {batch_size} records of its batch" if self.policy == "skip" else ""
+            raise RecordError(f"{self.source.describe(bad[0])} is damaged: {why}{whole}. {REPAIR}")
+        self.skipped += len(bad)
+        self.in_epoch += len(bad)
+
+    def end_epoch(self, epoch: int) -> None:
+        """The warning line of an epoch in which damaged records were left out."""
+        if self.in_epoch:
+            import sys
+
+            print(f"warning: epoch {epoch}: left out {self.in_epoch} damaged record(s) of split {self.source.split!r} "
+                  f"in {self.source.root} (--on-corrupt skip); {self.skipped} in all", file=sys.stderr)
+        self.in_epoch = 0

@@ -29,22 +29,41 @@ from .common import BatchLoader, LoaderConfig, to_batch, workers
 
 
 class _Feed:
-    """The external source: each iteration of it is one epoch of (encoded images, labels) batches."""
+    """The external source: each iteration of it is one epoch of (encoded images, labels) batches.
 
-    def __init__(self, owner: BatchLoader):
-        self.owner, self.fed = weakref.proxy(owner), []  # weakly: no cycle, so a dropped loader's pipeline goes at once
+    DALI decodes around corrupt JPEG data with a printed warning; so each record is checked once
+    (:meth:`.common.DamagedRecords.sound`, libjpeg at 1/8 scale, in a thread pool: ctypes releases the GIL)
+    and damaged ones are not fed. ``fed`` and ``dropped`` say, per batch, which records went in and (the
+    damaged ones, the batch's size) which were left out; the loader applies the policy to them as each batch
+    comes out."""
+
+    def __init__(self, owner: BatchLoader, threads: int):
+        self.owner, self.fed, self.dropped = weakref.proxy(owner), [], []  # weakly: a dropped loader's pipeline goes
+        self.threads = threads
 
     def __iter__(self):
-        self.fed = []
-        source, spec = self.owner.source, self.owner.spec
-        for idx in self.owner.batches():
-            self.fed.append(idx)
-            jpegs, labels = [source.read(int(i)) for i in idx], source.labels[idx].astype(np.int32).reshape(-1, 1)
-            if isinstance(spec, TrainDA):  # and the RoCs' anchors and shapes
-                boxes = roc_boxes(jpegs, spec)
-                yield jpegs, labels, boxes[:, :2].copy(), boxes[:, 2:].copy()
-            else:
-                yield jpegs, labels
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.fed, self.dropped = [], []
+        source, spec, damaged = self.owner.source, self.owner.spec, self.owner.damaged
+        verdict = damaged.verdict.numpy()
+        with ThreadPoolExecutor(self.threads) as pool:
+            for idx in self.owner.batches():
+                list(pool.map(damaged.sound, idx[verdict[idx] == 0].tolist()))  # the records not yet checked
+                sound = verdict[idx] == 1
+                self.dropped.append((idx[~sound], len(idx)))
+                if sound.any():  # a wholly damaged batch goes in as it is: the policy stops the loader at it
+                    idx = idx[sound]
+                self.fed.append(idx)
+                yield _batch(source, spec, idx)
+
+
+def _batch(source, spec, idx):
+    jpegs, labels = [source.read(int(i)) for i in idx], source.labels[idx].astype(np.int32).reshape(-1, 1)
+    if isinstance(spec, TrainDA):  # and the RoCs' anchors and shapes
+        boxes = roc_boxes(jpegs, spec)
+        return jpegs, labels, boxes[:, :2].copy(), boxes[:, 2:].copy()
+    return jpegs, labels
 
 
 def roc_boxes(jpegs, spec) -> np.ndarray:
@@ -120,7 +139,7 @@ class DALILoader(BatchLoader):
                             "use the ffcv or torch backend, or convert with --write-mode jpg")
         super().__init__(spec, source, config)
         cuda = self.device.type == "cuda"
-        self.feed = _Feed(self)
+        self.feed = _Feed(self, workers(config))
         geometry.seed(config.seed * 1009 + config.rank)
         seed = int(np.random.SeedSequence([config.seed, config.rank]).generate_state(1)[0] >> 1)
         self.pipe = fixres_pipeline(self.feed, spec, "mixed" if cuda else "cpu", batch_size=config.batch_size,
@@ -139,12 +158,20 @@ class DALILoader(BatchLoader):
             try:
                 out = next(self.iterator)[0]
             except StopIteration:
+                self.damaged.end_epoch(self.epoch)
                 return
             except Exception:
+                self._dropped(yielded)
                 self.source.check(np.concatenate(self.feed.fed[yielded:] or [np.zeros(0, np.int64)]))
                 raise
+            self._dropped(yielded)
             yielded += 1
             yield to_batch(out["image"], out["label"], self.device)
+
+    def _dropped(self, b: int) -> None:
+        """The policy for the damaged records left out of batch ``b`` (the feed runs ahead, so it has that batch)."""
+        if b < len(self.feed.dropped):
+            self.damaged.found(*self.feed.dropped[b])
 
 
 def build_dali_loader(spec, source, config: LoaderConfig) -> DALILoader:

@@ -7,8 +7,9 @@ libjpeg skips the rows above, stops below and crops the columns), at the smalles
 keeps the box at least K x K pixels (``reduced_decode``; :func:`~fixres_fast.geometry.dct_reduction`),
 resamples the box with PIL's antialiased bilinear filter (the reference's), then flips and jitters
 in place (:mod:`.kernels`). FFCV's own decoders ignore libjpeg's return code and would hand
-over a stale buffer for a damaged record; this one writes :data:`SENTINEL` instead, and the
-loader reports that record by index and source file. The order is a ``TraversalOrder`` that
+over a stale buffer for a damaged record; this one writes :data:`SENTINEL` instead where libjpeg fails or
+warns of corrupt data in what it decodes, and the loader stops at that record, naming it, or leaves it out
+(``on_corrupt``). Damage in rows below the crop is not decoded, so not seen (nor used). The order is a ``TraversalOrder`` that
 reads :class:`~fixres_fast.loaders.sampler.RASampler`, so sharding and RA follow the common law.
 
 Seeding: each position of an epoch gets a key drawn from (seed, rank, epoch), carried to the
@@ -35,7 +36,6 @@ from ..errors import UserError
 from ..spec import TestDA2, TrainDA
 from . import kernels
 from .common import BatchLoader, LoaderConfig, to_batch, workers
-from .source import RecordError
 
 #: Written over the first 8 pixels of the first row of a record libjpeg-turbo could not decode.
 SENTINEL = ((np.arange(24) * 37 + 11) % 256).astype(np.uint8).reshape(8, 3)
@@ -70,11 +70,12 @@ def box_function(spec):
 _COMPILED: list = []
 
 
-def _decode_region():
-    """:func:`.kernels.decode_region` (a ctypes call), compiled for one loader as FFCV compiles its own libjpeg call,
-    and kept for the life of the process: numba's finalizer of a dropped one prints a KeyError, and one dispatcher
-    shared by several loaders is worse (the second loader's compilation fails with that KeyError)."""
-    _COMPILED.append(Compiler.compile(kernels.decode_region))
+def _compiled(fn):
+    """``fn`` (:func:`.kernels.decode_region` or :func:`.kernels.check_jpeg`, a ctypes call), compiled for one loader
+    as FFCV compiles its own libjpeg call, and kept for the life of the process: numba's finalizer of a dropped one
+    prints a KeyError, and one dispatcher shared by several loaders is worse (the second loader's compilation fails
+    with that KeyError)."""
+    _COMPILED.append(Compiler.compile(fn))
     return _COMPILED[-1]
 
 
@@ -83,13 +84,17 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
 
     get_crop_generator = None  # the crop comes from box_function
 
-    def __init__(self, spec, epoch_length: int, reduced_decode: bool = True):
+    def __init__(self, spec, epoch_length: int, verdicts: np.ndarray, reduced_decode: bool = True):
+        """``verdicts``: int8 per record, 0 unchecked, 1 sound, 2 damaged (:class:`.common.DamagedRecords`),
+        written by the decoder; the caller keeps the array alive while the loader lives."""
         super().__init__((spec.size, spec.size))
         self.spec, self.epoch_length, self.reduced_decode = spec, epoch_length, reduced_decode
+        self.verdicts = verdicts
 
     def generate_code(self):
         mem_read, my_range = self.memory_read, Compiler.get_iterator()
-        decode_region, reduced_box = _decode_region(), kernels.reduced_box
+        decode_region, check_jpeg, reduced_box = _compiled(kernels.decode_region), _compiled(kernels.check_jpeg), kernels.reduced_box
+        verdict_address, records, int8_array_at = self.verdicts.ctypes.data, len(self.verdicts), kernels.int8_array_at
         resample, flip_in_place, colour_jitter = kernels.resample, kernels.flip_in_place, kernels.colour_jitter
         trailing_keys, seed, epoch_length = kernels.trailing_keys, seed_draws, self.epoch_length
         box = box_function(self.spec)
@@ -99,6 +104,7 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
             keys = trailing_keys(batch_indices, epoch_length)
+            verdicts = int8_array_at(verdict_address, records)
             regions = np.zeros((len(batch_indices), 4), np.int32)  # what decode_region decoded, per sample
             for dst_ix in my_range(len(batch_indices)):
                 seed(keys[dst_ix])
@@ -111,12 +117,16 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
                 # of it that the resampling reads
                 s, (r_top, r_left, r_h, r_w, sy, sx, o_y, o_x, blur), region = reduced_box(
                     height, width, k, reduce and jpeg, top, left, h, w, scale_y, scale_x, off_y, off_x)
-                status = 0
+                status, i = 0, batch_indices[dst_ix]
                 if jpeg:
                     temp_buffer, held = temp_storage[dst_ix].reshape(-1), regions[dst_ix]
                     status = decode_region(image_data, s, region[0], region[1], region[2], region[3], temp_buffer, held)
                     pixels = temp_buffer[:3 * held[2] * held[3]].reshape(held[2], held[3], 3)
                     src_top, src_left = r_top - held[0], r_left - held[1]  # the box's corner in what was decoded
+                    if verdicts[i] == 0:  # once per record, all of it to its end marker: damage may show only there
+                        verdicts[i] = 1 if check_jpeg(image_data) == 0 else 2
+                    if verdicts[i] == 2:
+                        status = -4
                 else:
                     pixels = image_data.reshape(height, width, 3)
                     src_top, src_left = r_top, r_left
@@ -159,7 +169,7 @@ class FFCVLoader(BatchLoader):
         if source.beton is None:
             raise UserError(f"the ffcv backend reads {source.split}.beton, which {source.root} lacks; "
                             "convert with --format beton, or use the dali or torch backend")
-        image = [FixResDecoder(spec, self.epoch_length, config.reduced_decode), ToTensor()]
+        image = [FixResDecoder(spec, self.epoch_length, self.damaged.verdict.numpy(), config.reduced_decode), ToTensor()]
         label = [IntDecoder(), ToTensor()]
         if self.device.type == "cuda":
             image.append(ToDevice(self.device, non_blocking=True))
@@ -176,12 +186,11 @@ class FFCVLoader(BatchLoader):
         batches = self.batches()
         for b, (pixels, labels) in enumerate(self.loader):
             bad = (pixels[:, 0, :8] == self._sentinel).flatten(1).all(1)
-            if bool(bad.any()):
-                idx = batches[b][bad.cpu().numpy()]
-                self.source.check(idx)
-                raise RecordError(f"{self.source.describe(int(idx[0]))}: FFCV's libjpeg-turbo cannot decode it "
-                                  "(PIL can); re-encode that image, or use the dali or torch backend")
+            if bool(bad.any()):  # libjpeg failed or warned of corrupt data in the rows this sample decoded
+                self.damaged.found(batches[b][bad.cpu().numpy()], len(bad))
+                pixels, labels = pixels[~bad], labels[~bad]
             yield to_batch(pixels, labels, self.device)
+        self.damaged.end_epoch(self.epoch)
 
 
 def build_ffcv_loader(spec, source, config: LoaderConfig) -> FFCVLoader:

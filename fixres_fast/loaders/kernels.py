@@ -210,6 +210,28 @@ def _decode_region_c():
 _DECODE_REGION = _decode_region_c()
 
 
+def _check_jpeg_c():
+    f = ctypes.CDLL(_jpeg.__file__).check_jpeg
+    f.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    f.restype = ctypes.c_int
+    return f
+
+
+_CHECK_JPEG = _check_jpeg_c()
+
+#: What :func:`check_jpeg` and :func:`decode_region` codes mean for a record's data.
+JPEG_DAMAGE = {-1: "libjpeg cannot decode it", -4: "libjpeg reports corrupt data in it"}
+
+
+def check_jpeg(data: np.ndarray) -> int:
+    """0 if libjpeg decodes all of JPEG ``data`` (contiguous uint8) without a complaint, -1 where it fails, -4 where
+    it warns of corrupt data (PIL and DALI decode around such data; a bit flipped in the scan often shows only at
+    its end, as bytes before the end marker, so a decode that stops early does not see it). Entropy-decodes the
+    whole scan at 1/8 scale: measured 1.1 ms on a 512 x 512 record, 2/3 of PIL's full decode. Releases the GIL;
+    plain Python that numba compiles (the ffcv decoder calls it once per record)."""
+    return _CHECK_JPEG(data.ctypes.data, data.size)
+
+
 def decode_region(data, scale, top, left, height, width, dst, held):
     """Decode rows ``[top, top + height)`` x columns ``[left, left + width)`` of JPEG ``data`` at 1/``scale``
     into ``dst`` (flat uint8) as rows of ``held[3]`` RGB pixels; ``held`` (int32[4]) gets the first row, first
@@ -218,6 +240,20 @@ def decode_region(data, scale, top, left, height, width, dst, held):
     compiles (the ffcv backend compiles it per loader); callable as it is."""
     return _DECODE_REGION(data.ctypes.data, data.size, scale, top, left, height, width, dst.ctypes.data, dst.size,
                           held.ctypes.data)
+
+
+@intrinsic
+def _int8_pointer(typingctx, address):
+    """An integer address -> ``int8*``."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+    return types.CPointer(types.int8)(address), codegen
+
+
+@njit(cache=True)
+def int8_array_at(address, n):
+    """The int8 array of ``n`` elements at ``address`` (one that outlives the caller: the ffcv decoder's verdicts)."""
+    return carray(_int8_pointer(address), (n,))
 
 
 @intrinsic

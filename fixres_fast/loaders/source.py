@@ -59,13 +59,37 @@ class Source:
             return f"{type(e).__name__}: {e}"
         return None
 
+    def is_raw(self, i: int) -> bool:
+        """Record ``i`` holds raw pixels (nothing to decode)."""
+        return False
+
+    def damage(self, i: int) -> str | None:
+        """Why record ``i`` is damaged, or None if it is sound. A JPEG is damaged where libjpeg fails or warns of
+        corrupt data anywhere in it (:func:`.kernels.check_jpeg`: PIL and DALI decode around such data, so a
+        decode that succeeds proves nothing); another image, where a full PIL decode fails."""
+        from .kernels import JPEG_DAMAGE, check_jpeg
+
+        if self.is_raw(i):
+            return None
+        try:
+            data = self.read(i)
+        except RecordError as e:
+            return str(e)
+        if data[:2].tobytes() == b"\xff\xd8":
+            return JPEG_DAMAGE.get(check_jpeg(data))
+        return self.decode_error(i)
+
     def check(self, indices) -> None:
         """Raise :class:`RecordError` for the first of ``indices`` that does not decode."""
         for i in indices:
             why = self.decode_error(int(i))
             if why is not None:
-                raise RecordError(f"{self.describe(int(i))} does not decode: {why}. "
-                                  "Re-run the conversion (or `fixres-fast verify OUT`) to find damaged files.")
+                raise RecordError(f"{self.describe(int(i))} does not decode: {why}. {REPAIR}")
+
+
+#: What to do about a damaged record, for messages.
+REPAIR = ("Re-convert the data set (`fixres-fast convert verify OUT` checks every record against the manifest's "
+          "checksums), or pass --on-corrupt skip to leave damaged records out and count them.")
 
 
 class Records(Source):
@@ -115,8 +139,11 @@ class Records(Source):
         skip = IMAGE_HEADER.size + 4 * flag
         return np.frombuffer(mm, dtype=np.uint8, count=length - skip, offset=start + skip)
 
+    def is_raw(self, i: int) -> bool:
+        return self._beton is not None and self._beton.is_raw(i)
+
     def open_image(self, i: int):
-        if self._beton is not None and self._beton.is_raw(i):
+        if self.is_raw(i):
             from PIL import Image
 
             meta = self._beton.image[i]
@@ -157,10 +184,28 @@ def open_source(source, split: str) -> Source:
         manifest = json.loads((root / "manifest.json").read_text())
         if split not in manifest["splits"]:
             raise UserError(f"{root} has no split {split!r}; its manifest lists {', '.join(manifest['splits'])}")
+        check_sizes(root, split, manifest)
         return Records(root, split, manifest)
     if not root.is_dir():
         raise UserError(f"source {root} does not exist: give a conversion's OUT folder or an ImageFolder tree")
     return Folder(root, split)
+
+
+def check_sizes(out: Path, split: str, manifest: dict) -> None:
+    """Every file of ``split`` has the size the manifest gives it (a stat each: cheap), else one UserError line.
+
+    A truncated .beton or .rec otherwise fails deep inside FFCV ("negative dimensions") or struct, or
+    only at the record it cuts. A full check of the contents is `fixres-fast convert verify OUT`."""
+    for f in manifest["splits"][split].get("files", []):
+        path = out / f["name"]
+        size = path.stat().st_size if path.is_file() else None
+        if size is None:
+            raise UserError(f"{path} is missing (the manifest lists it): re-convert into {out}")
+        if size < f["bytes"]:
+            raise UserError(f"{path} is truncated ({size} of {f['bytes']} bytes): re-convert into {out}")
+        if size != f["bytes"]:
+            raise UserError(f"{path} has {size} bytes, the manifest says {f['bytes']}: it changed since the "
+                            f"conversion; re-convert into {out}")
 
 
 def _map(path: Path) -> mmap.mmap:

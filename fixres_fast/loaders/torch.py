@@ -22,6 +22,7 @@ from .. import geometry
 from ..errors import UserError
 from ..spec import TestDA2, TrainDA
 from .common import BatchLoader, LoaderConfig, to_batch, workers
+from .source import RecordError
 
 
 class DA2Crop(torch.nn.Module):
@@ -144,8 +145,8 @@ class PILDataset(torch.utils.data.Dataset):
 
     ``reduced``: decode through :class:`ReducedDecode`; else the reference (:func:`pil_transform` on a full decode)."""
 
-    def __init__(self, source, spec, reduced: bool = False):
-        self.source, self.size = source, spec.size
+    def __init__(self, source, spec, damaged=None, reduced: bool = False):
+        self.source, self.size, self.damaged = source, spec.size, damaged
         self.reduced = ReducedDecode(spec) if reduced else None
         self.transform = pil_transform(spec)
 
@@ -154,6 +155,9 @@ class PILDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
+            # PIL decodes around corrupt data: libjpeg's verdict (.common.DamagedRecords), once per record
+            if self.damaged is not None and not self.damaged.sound(i):
+                raise RecordError("damaged")
             with self.source.open_image(i) as im:
                 out = self.reduced(im) if self.reduced is not None else self.transform(im.convert("RGB"))
                 pixels = np.asarray(out)
@@ -171,8 +175,8 @@ class BytesDataset(torch.utils.data.Dataset):
     saturation factors. The GPU side then only decodes and applies them, so its output follows
     (seed, rank) whatever thread runs it. A header that does not parse flags the record (``ok`` False)."""
 
-    def __init__(self, source, spec):
-        self.source, self.boxes = source, ReducedDecode(spec)
+    def __init__(self, source, spec, damaged=None):
+        self.source, self.boxes, self.damaged = source, ReducedDecode(spec), damaged
         self.flip, self.jitter = getattr(spec, "flip", False), getattr(spec, "jitter", 0)
 
     def __len__(self):
@@ -182,6 +186,9 @@ class BytesDataset(torch.utils.data.Dataset):
         flip = bool(torch.rand(()) < 0.5) if self.flip else False
         factors = torch.empty(3).uniform_(1 - self.jitter, 1 + self.jitter) if self.jitter else torch.ones(3)
         try:
+            # nvJPEG decodes around corrupt data: libjpeg's verdict (.common.DamagedRecords), once per record
+            if self.damaged is not None and not self.damaged.sound(i):
+                raise RecordError("damaged")
             data = self.source.read(i)
             with Image.open(io.BytesIO(data)) as im:
                 box = self.boxes.box(im)
@@ -220,7 +227,9 @@ class TorchLoader(BatchLoader):
         if cuda and source.raw:
             raise UserError(f"{source.root} stores raw pixels (--write-mode raw), and the torch backend on CUDA "
                             "decodes JPEG with nvJPEG: use the ffcv backend, or the torch backend on the CPU")
-        dataset = BytesDataset(source, spec) if cuda else PILDataset(source, spec, reduced=config.reduced_decode)
+        self.damaged.share()  # the workers check records
+        dataset = (BytesDataset(source, spec, self.damaged) if cuda
+                   else PILDataset(source, spec, self.damaged, reduced=config.reduced_decode))
         n = workers(config)
         # the generator seeds each worker's random, numpy and torch: augmentations follow (seed, rank)
         generator = torch.Generator().manual_seed(config.seed * 1009 + config.rank)
@@ -232,13 +241,25 @@ class TorchLoader(BatchLoader):
         if self.device.type == "cuda":
             # decoding and augmenting batch i + 1 (nvJPEG and roi_align, GIL released) overlaps the
             # caller's work on batch i
-            yield from overlapped(self.loader, lambda b: decode_batch(b, self.spec, self.source, self.device),
-                                  self.device)
-            return
-        for pixels, labels, idx, ok in self.loader:
-            if not bool(torch.as_tensor(ok).all()):
-                self.source.check(idx[~ok].tolist())
-            yield to_batch(pixels, labels, self.device)
+            yield from overlapped(self.loader, lambda b: decode_batch(self._sound(b), self.spec, self.source,
+                                                                      self.device), self.device)
+        else:
+            for pixels, labels, idx, ok in self.loader:
+                if not bool(torch.as_tensor(ok).all()):
+                    self.damaged.found(idx[~ok].tolist(), len(idx))
+                    pixels, labels = pixels[ok], labels[ok]
+                yield to_batch(pixels, labels, self.device)
+        self.damaged.end_epoch(self.epoch)
+
+    def _sound(self, batch: "EncodedBatch") -> "EncodedBatch":
+        """The batch without its damaged records (or RecordError, by the policy)."""
+        if bool(batch.ok.all()):
+            return batch
+        self.damaged.found(batch.idx[~batch.ok].tolist(), len(batch.idx))
+        keep = batch.ok.tolist()
+        images = [im for im, k in zip(batch.images(), keep) if k]
+        return EncodedBatch(torch.cat(images), [len(im) for im in images], *(t[batch.ok] for t in (
+            batch.labels, batch.idx, batch.ok, batch.boxes, batch.flips, batch.factors)))
 
 
 class _Batches:
