@@ -161,7 +161,7 @@ def adapt_at(model, job: _Job, k: int, log) -> dict:
         return {"frechet": fit_equalizer(model, job, k, log)}
     tuned = tuned_modules(model, cfg.tune, cfg.bn_scope, k)
     if cfg.tune == "bn-stats":
-        loader = job.loader(k)
+        loader = _with_bar(job.loader(k), f"BN statistics @ {k}", cfg.stats_images)
         reestimate_bn(model, tuned.values(), _limited((((x,), y) for x, y in loader), cfg.stats_images), job.dtype)
         return {"tuned": list(tuned), "cached": False}
     cached = _cache(model, tuned, job, k, log) if cfg.aug == "test" and cfg.cache else None
@@ -181,6 +181,11 @@ def adapt_at(model, job: _Job, k: int, log) -> dict:
     fit(tail, list(tuned.values()), batches, steps, epochs, job, log)
     model.eval()
     return {"tuned": list(tuned), "cached": cached is not None, "epochs": epochs}
+
+
+def _with_bar(loader, desc: str, limit: int | None = None):
+    """``loader``'s batches, counted on a progress bar of its first ``limit`` images."""
+    return progress.images(loader, desc, int(min(limit or math.inf, loader.epoch_length)))
 
 
 def _limited(batches, limit=None):
@@ -206,7 +211,7 @@ def _cache(model, tuned, job: _Job, k: int, log, limit: int | None = None):
     outs, labels = [], []
     model.eval()
     with torch.no_grad(), torch.autocast(job.device.type, dtype=job.dtype or torch.float32, enabled=job.dtype is not None):
-        for x, y in _limited(progress.images(loader, f"caching the frozen trunk @ {k}", n), limit):
+        for x, y in _limited(_with_bar(loader, f"caching the frozen trunk @ {k}", limit), limit):
             outs.append(head(x))
             labels.append(y)
             if len(outs) == 1:
@@ -290,14 +295,19 @@ def fit_equalizer(model, job: _Job, k: int, log, limit: int | None = None) -> di
     """Fit the pooled activations' Fréchet law at K_train and at ``k`` on training images (test DA) and
     attach the affine map between them before the classifier; returns its parameters."""
     limit = limit or job.cfg.stats_images
-    ref = frechet.fit_frechet(pooled_features(model, job.loader(job.k_train), limit)[0].numpy())
-    observed = frechet.fit_frechet(pooled_features(model, job.loader(k), limit)[0].numpy())
+    ref = frechet.fit_frechet(_pooled(model, job, job.k_train, limit))
+    observed = frechet.fit_frechet(_pooled(model, job, k, limit))
     scale, shift = frechet.equalizer(ref, observed)
     frechet.attach(classifier(model), scale, shift)
     sign = "-" if shift < 0 else "+"
     log(f"Fréchet fit (xi={frechet.XI}): mu, sigma = {ref[0]:.4f}, {ref[1]:.4f} at K_train={job.k_train}; "
         f"{observed[0]:.4f}, {observed[1]:.4f} at K_test={k}; map x -> {scale:.4f} x {sign} {abs(shift):.4f}")
     return {"xi": frechet.XI, "reference": ref, "observed": observed, "scale": scale, "shift": shift}
+
+
+def _pooled(model, job: _Job, k: int, limit: int):
+    """The pooled activations (numpy, N x C) of the first ``limit`` training images at ``k`` with test DA."""
+    return pooled_features(model, _with_bar(job.loader(k), f"pooled activations @ {k}", limit), limit)[0].numpy()
 
 
 @torch.no_grad()

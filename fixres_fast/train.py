@@ -3,8 +3,10 @@
 One process per device. ``train(cfg)`` joins the process group torchrun set up (if any), builds
 the model and the loaders, and runs the epochs; after each it evaluates at the train resolution
 (and at ``eval_res``), appends a line to ``metrics.jsonl`` and writes ``last.pt`` (and ``best.pt``)
-atomically. SIGTERM or Ctrl-C writes a resumable checkpoint; ``resume=True`` continues from it
-exactly; a non-finite loss stops the run and leaves the last good checkpoint untouched.
+atomically. SIGTERM or Ctrl-C writes a resumable checkpoint (with the interrupted epoch's sums so far,
+so that its metrics line still covers the whole epoch) and the CLI exits 143 or 130, as a job killed by
+the signal would; ``resume=True`` continues from it exactly; a non-finite loss stops the run and leaves
+the last good checkpoint untouched.
 """
 from __future__ import annotations
 
@@ -151,7 +153,8 @@ def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict) ->
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
-    """Train; returns the last epoch's metrics. Run as is, or under torchrun for several processes."""
+    """Train; returns the last epoch's metrics, or {'interrupted': True, 'signal', 'epoch', 'step'} after a stop
+    request. Run as is, or under torchrun for several processes."""
     d = setup(str(resolve_device(cfg.device)))
     try:
         return _train(cfg, d, log if d.main else (lambda *_: None))
