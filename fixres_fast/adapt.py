@@ -16,7 +16,6 @@ keeps the best, and reports Eq. 5's prediction beside it.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -25,14 +24,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, frechet
-from .data import backend_for
+from . import checkpoint, frechet, progress
+from .data import backend_for, check_res
 from .distributed import Dist
 from .errors import UserError
 from .evaluate import checkpoint_data, evaluate_loader, model_from_checkpoint, test_spec
 from .geometry import k_test_calibrated, suggest_k_test
 from .models import TUNE, adaptation_mode, classifier, split_at, tuned_modules
-from .spec import AREA_RANGE, FINETUNE_LR_BATCH, adapt_epochs, finetune_recipe, k_test_image, make_spec
+from .spec import (AREA_RANGE, AUTO_HOLDOUT, AUTO_IMAGES, AUTO_MIN_HELD_OUT, FINETUNE_LR_BATCH, adapt_epochs,
+                   finetune_recipe, make_spec)
 from .runtime import amp_dtype, resolve_device
 from .train import lr_at
 
@@ -62,8 +62,8 @@ class AdaptConfig:
     cache: bool = True  # with test DA, run the frozen trunk once and cache what the tuned layers need
     cache_mib: int = 4096  # above this, stream through the trunk every epoch instead
     stats_images: int = 10_000  # training images read by bn-stats and the Fréchet fit
-    auto_images: int = 5000  # 'auto': training images per candidate (the last auto_holdout of them held out)
-    auto_holdout: float = 0.2
+    auto_images: int = AUTO_IMAGES  # 'auto': training images per candidate (the last auto_holdout of them held out)
+    auto_holdout: float = AUTO_HOLDOUT
     candidates: tuple[int, ...] = ()  # 'auto': K_test values; (): multiples of 32 from K_train to 2 K_train
     evaluate: bool = True  # top-1 on the validation split at K_test, before and after
 
@@ -107,13 +107,13 @@ def adapt(cfg: AdaptConfig, log=print) -> dict:
     if cfg.test_res is None:
         k_test, auto = choose_k_test(model, job, log)
     else:
-        k_test = check_res(cfg.test_res, job.data, job.meta)
+        k_test = check_res(test_spec(job.meta, cfg.test_res), job.data, "--test-res")
     t_auto = time.perf_counter() - t0
-    before = _val_top1(model, job, k_test)
+    before = _val_top1(model, job, k_test, "before")
     t1 = time.perf_counter()
     info = adapt_at(model, job, k_test, log)
     seconds = time.perf_counter() - t1
-    after = _val_top1(model, job, k_test)
+    after = _val_top1(model, job, k_test, "after")
     if before is not None:
         log(f"val top-1 at K_test={k_test}: {before:.2f}% before, {after:.2f}% after adaptation")
     result = {"k_test": k_test, "method": cfg.method, "tune": cfg.tune, "bn_scope": cfg.bn_scope, "aug": cfg.aug,
@@ -141,33 +141,15 @@ def _check_options(cfg: AdaptConfig) -> None:
         raise UserError(f"--test-res must be a positive number of pixels (or 'auto'), got {cfg.test_res}")
 
 
-def check_res(k: int, data: str, meta: dict) -> int:
-    """``k``, after checking that the records in ``data`` are stored large enough for test DA at ``k`` with
-    the resize ratio of the checkpoint ``meta`` describes (no upsampling of images shrunk at conversion)."""
-    if k <= 0:
-        raise UserError(f"--test-res must be a positive number of pixels (or 'auto'), got {k}")
-    manifest = Path(data) / "manifest.json"
-    if not manifest.is_file():
-        return k
-    max_side = json.loads(manifest.read_text())["options"]["max_side"]
-    ratio = test_spec(meta, k).resize_ratio
-    need = k_test_image(k, ratio)
-    if need > max_side:
-        largest = int(max_side / ratio)
-        raise UserError(f"--test-res {k} resizes images to a short side of K_test^image = {need} px, but the records "
-                        f"in {data} were stored with --max-side {max_side} (long side); convert again with "
-                        f"--max-side {need} or more, or choose --test-res {largest} or less")
-    return k
-
-
-def _val_top1(model, job: _Job, k: int) -> float | None:
+def _val_top1(model, job: _Job, k: int, when: str) -> float | None:
+    """Top-1 on the validation split at ``k`` (``when``: before or after adaptation, for the bar)."""
     if not job.cfg.evaluate:
         return None
     try:
         loader = job.loader(k, split="val", batch_size=min(job.cfg.batch_size, 256))
     except UserError:  # no validation split
         return None
-    return evaluate_loader(model, loader, Dist(device=job.device), job.dtype)[0]
+    return evaluate_loader(model, loader, Dist(device=job.device), job.dtype, f"val @ {k}, {when} adaptation")[0]
 
 
 # --- One adaptation at K_test ---------------------------------------------------------------------------
@@ -180,7 +162,7 @@ def adapt_at(model, job: _Job, k: int, log) -> dict:
         return {"frechet": fit_equalizer(model, job, k, log)}
     tuned = tuned_modules(model, cfg.tune, cfg.bn_scope, k)
     if cfg.tune == "bn-stats":
-        loader = job.loader(k)
+        loader = _with_bar(job.loader(k), f"BN statistics @ {k}", cfg.stats_images)
         reestimate_bn(model, tuned.values(), _limited((((x,), y) for x, y in loader), cfg.stats_images), job.dtype)
         return {"tuned": list(tuned), "cached": False}
     cached = _cache(model, tuned, job, k, log) if cfg.aug == "test" and cfg.cache else None
@@ -202,6 +184,11 @@ def adapt_at(model, job: _Job, k: int, log) -> dict:
     return {"tuned": list(tuned), "cached": cached is not None, "epochs": epochs}
 
 
+def _with_bar(loader, desc: str, limit: int | None = None):
+    """``loader``'s batches, counted on a progress bar of its first ``limit`` images."""
+    return progress.images(loader, desc, int(min(limit or math.inf, loader.epoch_length)))
+
+
 def _limited(batches, limit=None):
     """The first ``limit`` images (at least one batch) of a stream of (inputs, labels)."""
     seen = 0
@@ -221,11 +208,11 @@ def _cache(model, tuned, job: _Job, k: int, log, limit: int | None = None):
         return None
     head, tail = split
     loader = job.loader(k)
-    n = min(limit or math.inf, len(loader) * loader.config.batch_size)
+    n = int(min(limit or math.inf, loader.epoch_length))
     outs, labels = [], []
     model.eval()
     with torch.no_grad(), torch.autocast(job.device.type, dtype=job.dtype or torch.float32, enabled=job.dtype is not None):
-        for x, y in _limited(loader, limit):
+        for x, y in _limited(_with_bar(loader, f"caching the frozen trunk @ {k}", limit), limit):
             outs.append(head(x))
             labels.append(y)
             if len(outs) == 1:
@@ -257,6 +244,7 @@ def fit(tail, modules, batches, steps: int, epochs: int, job: _Job, log) -> None
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=recipe.base_lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     scaler = torch.amp.GradScaler(job.device.type) if job.dtype == torch.float16 else None
+    bar = progress.bar(recipe.epochs, "adapt", unit="epoch")
     for epoch in range(recipe.epochs):
         total, n = torch.zeros((), device=job.device), 0
         for i, (inputs, labels) in enumerate(batches(epoch)):
@@ -274,7 +262,11 @@ def fit(tail, modules, batches, steps: int, epochs: int, job: _Job, log) -> None
                 scaler.update()
             total += loss.detach()
             n += 1
-        log(f"adapt epoch {epoch}: loss {total.item() / max(n, 1):.4f}, lr {lr_at(recipe, epoch):.2e}")
+        last = total.item() / max(n, 1)
+        bar.set_postfix(loss=f"{last:.4f}", lr=f"{lr_at(recipe, epoch):.2e}", refresh=False)
+        bar.update()
+    bar.close()
+    log(f"fine-tuned {recipe.epochs} epochs: last epoch's loss {last:.4f}, lr {lr_at(recipe, recipe.epochs - 1):.2e}")
 
 
 @torch.no_grad()
@@ -304,13 +296,19 @@ def fit_equalizer(model, job: _Job, k: int, log, limit: int | None = None) -> di
     """Fit the pooled activations' Fréchet law at K_train and at ``k`` on training images (test DA) and
     attach the affine map between them before the classifier; returns its parameters."""
     limit = limit or job.cfg.stats_images
-    ref = frechet.fit_frechet(pooled_features(model, job.loader(job.k_train), limit)[0].numpy())
-    observed = frechet.fit_frechet(pooled_features(model, job.loader(k), limit)[0].numpy())
+    ref = frechet.fit_frechet(_pooled(model, job, job.k_train, limit))
+    observed = frechet.fit_frechet(_pooled(model, job, k, limit))
     scale, shift = frechet.equalizer(ref, observed)
     frechet.attach(classifier(model), scale, shift)
+    sign = "-" if shift < 0 else "+"
     log(f"Fréchet fit (xi={frechet.XI}): mu, sigma = {ref[0]:.4f}, {ref[1]:.4f} at K_train={job.k_train}; "
-        f"{observed[0]:.4f}, {observed[1]:.4f} at K_test={k}; map x -> {scale:.4f} x + {shift:+.4f}")
+        f"{observed[0]:.4f}, {observed[1]:.4f} at K_test={k}; map x -> {scale:.4f} x {sign} {abs(shift):.4f}")
     return {"xi": frechet.XI, "reference": ref, "observed": observed, "scale": scale, "shift": shift}
+
+
+def _pooled(model, job: _Job, k: int, limit: int):
+    """The pooled activations (numpy, N x C) of the first ``limit`` training images at ``k`` with test DA."""
+    return pooled_features(model, _with_bar(job.loader(k), f"pooled activations @ {k}", limit), limit)[0].numpy()
 
 
 @torch.no_grad()
@@ -339,7 +337,7 @@ def candidates(job: _Job) -> list[int]:
     allowed = []
     for k in ks:
         try:
-            allowed.append(check_res(k, job.data, job.meta))
+            allowed.append(check_res(test_spec(job.meta, k), job.data, "--test-res"))
         except UserError:
             pass
     if not allowed:
@@ -351,30 +349,50 @@ def candidates(job: _Job) -> list[int]:
 def choose_k_test(model, job: _Job, log) -> tuple[int, dict]:
     """Adapt at each candidate on the first images of a training slice, measure top-1 on the rest, keep the best."""
     cfg, state = job.cfg, copy.deepcopy(model.state_dict())
-    n_fit = int(cfg.auto_images * (1 - cfg.auto_holdout))
+    n, n_fit = _auto_slice(job)
     top1 = {}
     for k in candidates(job):
-        top1[k] = _held_out_top1(model, job, k, n_fit, log)
+        top1[k] = _held_out_top1(model, job, k, n, n_fit, log)
         model.load_state_dict(state)
         classifier(model)._forward_pre_hooks.clear()  # a Fréchet map attached by the trial
-        log(f"auto: K_test={k}: top-1 {top1[k]:.2f}% on the {cfg.auto_images - n_fit} held-out training images")
+        log(f"auto: K_test={k}: top-1 {top1[k]:.2f}% on the {n - n_fit} held-out training images")
     best = max(top1, key=top1.get)
     area = job.meta["preprocessing"]["train"].get("area_range", AREA_RANGE)
     ratio = test_spec(job.meta, best).resize_ratio
     eq5 = suggest_k_test(job.k_train, ratio, tuple(area), STEP)
     log(f"auto: K_test = {best} (best on the held-out slice); Eq. 5 predicts {eq5} "
         f"(calibrated {k_test_calibrated(job.k_train, ratio, tuple(area)):.1f}, rounded to a multiple of {STEP})")
-    return best, {"top1": top1, "chosen": best, "eq5": eq5, "images": cfg.auto_images, "held_out": cfg.auto_images - n_fit}
+    return best, {"top1": top1, "chosen": best, "eq5": eq5, "images": n, "held_out": n - n_fit}
 
 
-def _held_out_top1(model, job: _Job, k: int, n_fit: int, log) -> float:
+def _auto_slice(job: _Job) -> tuple[int, int]:
+    """(images, images fitted on): the first min(--auto-images, the split's size) training images, the last
+    --auto-holdout of them held out; refused when fewer than AUTO_MIN_HELD_OUT would be held out (spec.py: why)."""
+    from .loaders.source import open_source
+
+    cfg = job.cfg
+    if cfg.auto_images < 1 or not 0 < cfg.auto_holdout < 1:
+        raise UserError(f"expected --auto-images >= 1 and 0 < --auto-holdout < 1, got {cfg.auto_images} and {cfg.auto_holdout}")
+    available = len(open_source(job.data, "train"))
+    n = min(cfg.auto_images, available)
+    held_out = round(n * cfg.auto_holdout)
+    if held_out < AUTO_MIN_HELD_OUT:
+        raise UserError(f"--test-res auto would measure each candidate on {held_out} held-out training images "
+                        f"(--auto-holdout {cfg.auto_holdout:g} of {n}; the train split holds {available}), but it needs "
+                        f"at least {AUTO_MIN_HELD_OUT} to tell candidates apart; raise --auto-holdout or --auto-images "
+                        "if the split allows, or give --test-res")
+    return n, n - held_out
+
+
+def _held_out_top1(model, job: _Job, k: int, n: int, n_fit: int, log) -> float:
+    """Top-1 at ``k`` on training images n_fit..n after adapting on the first ``n_fit``."""
     cfg = job.cfg
     if cfg.method == "frechet":
         fit_equalizer(model, job, k, log, limit=n_fit)
-        x, y = pooled_features(model, job.loader(k), cfg.auto_images)
+        x, y = pooled_features(model, job.loader(k), n)
         return _top1(classifier(model), (x[n_fit:].to(job.device),), y[n_fit:].to(job.device))
     tuned = tuned_modules(model, cfg.tune, cfg.bn_scope, k)
-    cached = _cache(model, tuned, job, k, log, limit=cfg.auto_images)
+    cached = _cache(model, tuned, job, k, log, limit=n)
     if cached is None:
         raise UserError("--test-res auto needs the tuned layers' inputs cached (a model torch.fx can trace, and "
                         "--cache-mib large enough for --auto-images); give --test-res instead")

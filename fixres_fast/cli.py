@@ -8,7 +8,7 @@ import click
 
 from .errors import UserError
 from .runtime import parse_resolutions
-from .spec import ADAPT_EPOCHS_STREAMED, FINETUNE_EPOCHS, FINETUNE_LR_BATCH, RESIZE_RATIO
+from .spec import ADAPT_EPOCHS_STREAMED, AUTO_HOLDOUT, AUTO_IMAGES, FINETUNE_EPOCHS, FINETUNE_LR_BATCH, RESIZE_RATIO
 
 
 def user_errors(fn):
@@ -223,7 +223,11 @@ def train(gpus, compile_, eval_res, **opts):
         i = next(k for k, a in enumerate(args) if a == "--gpus" or a.startswith("--gpus="))
         relaunch_under_torchrun(gpus, args[:i] + args[i + (1 if "=" in args[i] else 2):])
     recipe = Recipe(**{f.name: opts.pop(f.name) for f in dataclasses.fields(Recipe)})
-    run(TrainConfig(recipe=recipe, compile=compile_, eval_res=parse_resolutions(eval_res), **opts))
+    result = run(TrainConfig(recipe=recipe, compile=compile_, eval_res=parse_resolutions(eval_res), **opts))
+    if result.get("interrupted"):  # not finished: exit as a job killed by the signal would (SIGTERM 143, SIGINT 130)
+        import signal
+
+        raise SystemExit(128 + (result["signal"] or signal.SIGTERM))
 
 
 @main.command(context_settings={"show_default": True}, short_help="Run the method end to end on small offline data sets.")
@@ -405,6 +409,9 @@ def _test_res(text: str) -> int | None:
 @click.option("--seed", default=0)
 @click.option("--cache/--no-cache", default=True, help="With test DA, compute the frozen trunk once and cache its output.")
 @click.option("--cache-mib", default=4096, help="Largest cache; above it, stream through the trunk every epoch.")
+@click.option("--auto-images", default=AUTO_IMAGES, help="--test-res auto: training images tried per candidate (fewer if the "
+              "split holds fewer).")
+@click.option("--auto-holdout", default=AUTO_HOLDOUT, help="--test-res auto: the fraction of them held out to measure top-1 on.")
 @user_errors
 def adapt(test_res, **opts):
     """Adapt a checkpoint to the test resolution K_test (Sec. 4.2): fine-tune the last BatchNorm before

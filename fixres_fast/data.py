@@ -48,3 +48,45 @@ def backend_for(backend: str, device: torch.device, data: str | Path) -> str:
     if device.type == "cuda" and have["dali"] and "dali" in can:
         return "dali"
     return "ffcv" if have["ffcv"] and "ffcv" in can else "torch"
+
+
+#: The largest side a JPEG can have (its header stores sides in 16 bits): no conversion stores larger images.
+JPEG_MAX_SIDE = 65535
+
+
+def stored_max_side(data: str | Path) -> int | None:
+    """The ``--max-side`` (long side, pixels) the records in a conversion's OUT folder were stored with;
+    None for an ImageFolder tree (or a folder that is neither), whose images are whatever size they are."""
+    manifest = Path(data) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    return json.loads(manifest.read_text())["options"]["max_side"]
+
+
+def check_res(spec, data: str | Path, option: str = "--res") -> int:
+    """``spec.size`` (K_train or K_test), after checking that images stored in ``data`` can serve ``spec``
+    without upsampling: test DA (and DA2) resizes the short side to K_test^image, which must not exceed the
+    stored long side (``--max-side``); train DA resizes a RoC, a region of the stored image, to K_train, so
+    K_train must not exceed it either (a RoC is at most as wide as the image). No JPEG is larger than
+    JPEG_MAX_SIDE, so that bound holds for ImageFolder trees too. ``option`` names the resolution's option."""
+    from .spec import TestDA
+
+    k = spec.size
+    if k <= 0:
+        raise UserError(f"{option} must be a positive number of pixels, got {k}")
+    if isinstance(spec, TestDA):
+        need, ratio = spec.resize_short, spec.resize_ratio
+        what = f"{option} {k} resizes images to a short side of K_test^image = {need} px"
+    else:
+        need, ratio = k, 1.0
+        what = f"{option} {k} resizes a region of each image to K_train = {k} px"
+    max_side = stored_max_side(data)
+    if need > JPEG_MAX_SIDE:
+        here = "" if max_side is None else f"; these records (--max-side {max_side}) serve {option} {int(max_side / ratio)} or less"
+        raise UserError(f"{what}, but a JPEG's sides are at most {JPEG_MAX_SIDE} px, so no conversion can store images "
+                        f"that large: this resolution cannot be had; the largest that can is {option} "
+                        f"{int(JPEG_MAX_SIDE / ratio)}{here}")
+    if max_side is not None and need > max_side:
+        raise UserError(f"{what}, but the records in {data} were stored with --max-side {max_side} (long side); "
+                        f"convert again with --max-side {need} or more, or choose {option} {int(max_side / ratio)} or less")
+    return k

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoint
+from . import checkpoint, progress
 from .distributed import Dist, all_sum
 from .errors import UserError
 
@@ -25,13 +25,14 @@ FOLDS = 10  # the paper's leave-one-out folds
 
 
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader, d: Dist, dtype: torch.dtype | None = None) -> tuple[float, float, float, int]:
-    """(top-1 %, top-5 %, mean cross-entropy, images) of ``model`` on an evaluation loader."""
+def evaluate_loader(model: nn.Module, loader, d: Dist, dtype: torch.dtype | None = None,
+                    desc: str = "evaluate") -> tuple[float, float, float, int]:
+    """(top-1 %, top-5 %, mean cross-entropy, images) of ``model`` on an evaluation loader (a bar named ``desc``)."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # correct@1, correct@5, loss
     n = 0
-    for images, labels in loader:
+    for images, labels in progress.images(loader, desc, loader.epoch_length, enabled=d.main):
         with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(images)
         logits = logits.float()
@@ -116,7 +117,7 @@ class EvalConfig:
 
 def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
     """One row per checkpoint and resolution (and per checkpoint for the ensemble)."""
-    from .data import backend_for
+    from .data import backend_for, check_res
     from .loaders import LoaderConfig, make_loader
     from .runtime import amp_dtype, resolve_device
 
@@ -134,18 +135,21 @@ def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
         doc = checkpoint.load(path)
         meta, model = doc["meta"], model_from_checkpoint(doc, device)
         data, own = checkpoint_data(doc, cfg.data), cfg.res or (meta["test_res"],)
-        ensemble = None
-        for k in dict.fromkeys((*own, *cfg.ensemble)):
-            probs, labels = predict(model, make_loader(backend_for(backend, device, data), test_spec(meta, k), data, "val", loader_cfg), dtype)
+        ensemble, ks = None, list(dict.fromkeys((*own, *cfg.ensemble)))
+        for k in ks:  # every resolution checked before any is measured
+            check_res(test_spec(meta, k), data, "--ensemble" if k in cfg.ensemble and k not in own else "--res")
+        for k in ks:
+            loader = make_loader(backend_for(backend, device, data), test_spec(meta, k), data, "val", loader_cfg)
+            probs, labels = predict(model, progress.images(loader, f"{Path(path).name} @ {k}", loader.epoch_length), dtype)
             if k in cfg.ensemble:
                 ensemble = probs if ensemble is None else ensemble + probs
             if k in own:
                 rows.append(_row(path, meta, str(k), scores(probs, labels, cfg.folds)))
-                log(_line(rows[-1]))
+                log(_line(rows[-1], meta["num_classes"]))
         if ensemble is not None:
             name = "+".join(map(str, cfg.ensemble))
             rows.append(_row(path, meta, name, scores(ensemble / len(cfg.ensemble), labels, cfg.folds)))
-            log(_line(rows[-1]))
+            log(_line(rows[-1], meta["num_classes"]))
     return rows
 
 
@@ -163,9 +167,11 @@ def _row(path, meta, res: str, s: dict) -> dict:
             "tune": adapted.get("tune"), "res": res, **s}
 
 
-def _line(row: dict) -> str:
+def _line(row: dict, num_classes: int) -> str:
+    """The row as one log line; top-5 only where it says something (more than 5 classes: else it is always 100%)."""
+    top5 = f", top-5 {row['top5']:.2f}%" if num_classes > 5 else ""
     return (f"{Path(row['checkpoint']).name} @ {row['res']}: top-1 {row['top1']:.2f}% ± {row['top1_std']:.2f} "
-            f"(leave-one-out), top-5 {row['top5']:.2f}%, loss {row['loss']:.4f}, {row['n']} images")
+            f"(leave-one-out){top5}, loss {row['loss']:.4f}, {row['n']} images")
 
 
 # --- At the edge: CSV, JSON and the plot of accuracy against the test resolution (the paper's Fig. 5) ---

@@ -159,3 +159,8 @@ def finetune_recipe(epochs: int = FINETUNE_EPOCHS, batch_size: int = FINETUNE_LR
     half of the epochs, as 30 of the paper's 60), no repeated augmentation."""
     lr = FINETUNE_LR * batch_size / FINETUNE_LR_BATCH if lr is None else lr
     return Recipe(epochs=epochs, batch_size=batch_size, lr=lr, step_epochs=max(1, -(-epochs // 2)), repeats=1)
+
+#: ``--test-res auto``: training images tried per candidate K_test, and the fraction of them held out to measure
+#: top-1 on. Fewer than AUTO_MIN_HELD_OUT held-out images cannot decide: one image is then more than a point of
+#: top-1, while neighbouring candidates (32 px apart) typically differ by a point or two.
+AUTO_IMAGES, AUTO_HOLDOUT, AUTO_MIN_HELD_OUT = 5000, 0.2, 100

@@ -3,8 +3,10 @@
 One process per device. ``train(cfg)`` joins the process group torchrun set up (if any), builds
 the model and the loaders, and runs the epochs; after each it evaluates at the train resolution
 (and at ``eval_res``), appends a line to ``metrics.jsonl`` and writes ``last.pt`` (and ``best.pt``)
-atomically. SIGTERM or Ctrl-C writes a resumable checkpoint; ``resume=True`` continues from it
-exactly; a non-finite loss stops the run and leaves the last good checkpoint untouched.
+atomically. SIGTERM or Ctrl-C writes a resumable checkpoint (with the interrupted epoch's sums so far,
+so that its metrics line still covers the whole epoch) and the CLI exits 143 or 130, as a job killed by
+the signal would; ``resume=True`` continues from it exactly; a non-finite loss stops the run and leaves
+the last good checkpoint untouched.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import __version__, checkpoint
-from .data import backend_for, dataset_info
+from .data import backend_for, check_res, dataset_info
 from .distributed import Dist, all_sum, barrier, setup, teardown
 from .errors import UserError
 from .evaluate import evaluate_loader
@@ -96,11 +98,11 @@ class _StopRequest:
     """Turns SIGTERM / SIGINT into a flag the loop checks, so a resumable checkpoint gets written."""
 
     def __init__(self):
-        self.requested = False
+        self.requested, self.signum = False, None
         self._old = {s: signal.signal(s, self._set) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def _set(self, signum, frame):
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def restore(self):
         for s, h in self._old.items():
@@ -115,6 +117,27 @@ def _check(cfg: TrainConfig, d: Dist) -> None:
         raise UserError(f"--batch-size {r.batch_size} (over all processes) must divide by the {d.world_size} processes")
     if r.schedule not in ("step", "cosine"):
         raise UserError(f"unknown --schedule {r.schedule!r}; choose step or cosine")
+    check_res(make_spec(cfg.aug, cfg.res), cfg.data, "--res")
+    for k in cfg.eval_res:
+        check_res(TestDA(k_test=k), cfg.data, "--eval-res")
+
+
+def _check_epoch(loader, cfg: TrainConfig, d: Dist) -> None:
+    """Refuse an epoch without one whole batch (a training loader drops the partial last batch): it would train on
+    nothing and still write checkpoints."""
+    if len(loader):
+        return
+    r, sampler = cfg.recipe, loader.sampler
+    per_rank, n = len(sampler), sampler.num_samples
+    procs = f" over {d.world_size} processes" if d.world_size > 1 else ""
+    if per_rank == 0:
+        raise UserError(f"the train split holds {n} images: too few for --repeats {r.repeats}{procs} (each image drawn is "
+                        f"read {r.repeats} times); lower --repeats or use more images")
+    works = 2 ** int(math.log2(per_rank)) * d.world_size
+    raise UserError(f"--batch-size {r.batch_size} is larger than an epoch: this rank reads {per_rank} images per epoch "
+                    f"({sampler.num_distinct} distinct images x --repeats {r.repeats}{procs}, of the {n} in the train "
+                    f"split), so not one whole batch would be trained on; use --batch-size {works} "
+                    f"(at most {per_rank * d.world_size})")
 
 
 def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict) -> dict:
@@ -131,7 +154,8 @@ def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict) ->
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
-    """Train; returns the last epoch's metrics. Run as is, or under torchrun for several processes."""
+    """Train; returns the last epoch's metrics, or {'interrupted': True, 'signal', 'epoch', 'step'} after a stop
+    request. Run as is, or under torchrun for several processes."""
     d = setup(str(resolve_device(cfg.device)))
     try:
         return _train(cfg, d, log if d.main else (lambda *_: None))
@@ -142,17 +166,19 @@ def train(cfg: TrainConfig, log=print) -> dict:
 def _train(cfg: TrainConfig, d: Dist, log) -> dict:
     _check(cfg, d)
     run = _Run(cfg, d, log)
-    loaders = _loaders(cfg, d)
     results = {}
     try:
+        loaders = _loaders(cfg, d)
+        _check_epoch(loaders["train"], cfg, d)
         for epoch in range(run.state["epoch"], cfg.recipe.epochs):
             done = run.epoch(loaders["train"], epoch)
-            if not done:
-                return {"interrupted": True, "epoch": epoch, "step": run.state["step"]}
+            if not done:  # a stop was requested: the CLI exits with 128 + the signal's number, as a killed job would
+                return {"interrupted": True, "signal": run.stop.signum, "epoch": epoch, "step": run.state["step"]}
             results = {}
             for res, loader in loaders.items():
                 if res != "train":
-                    results[f"top1@{res}"], results[f"top5@{res}"] = evaluate_loader(run.net, loader, d, run.dtype)[:2]
+                    top1_top5 = evaluate_loader(run.net, loader, d, run.dtype, f"val @ {res}")[:2]
+                    results[f"top1@{res}"], results[f"top5@{res}"] = top1_top5
             results.update(epoch=epoch, lr=lr_at(cfg.recipe, epoch), train_loss=done["loss"], train_img_s=done["img_s"])
             run.end_of_epoch(epoch, results)
     finally:
@@ -212,29 +238,35 @@ class _Run:
         self.board = _tensorboard(self.out / "tensorboard") if cfg.tensorboard and d.main else None
 
     def epoch(self, loader, epoch: int) -> dict | None:
-        """Train one epoch; returns {'loss', 'img_s'}, or None when a stop was requested (checkpoint written)."""
-        cfg, d = self.cfg, self.d
+        """Train one epoch; returns {'loss', 'img_s'} over the whole epoch (a resumed one included: the sums of
+        its steps before the stop are in the state), or None when a stop was requested (checkpoint written)."""
+        cfg, d, state = self.cfg, self.d, self.state
         loader.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 100003 + epoch * 1009 + d.rank)  # augmentations drawn from torch's RNG
         self.net.train()
-        skip, n = self.state["step"], len(loader)
+        skip, n, batch = state["step"], len(loader), cfg.recipe.batch_size
         total = torch.zeros((), device=d.device)
-        bar = tqdm(total=n * cfg.recipe.batch_size, desc=f"epoch {epoch}", unit="img", disable=not d.main,
+        bar = tqdm(total=n * batch, initial=skip * batch, desc=f"epoch {epoch}", unit="img", disable=not d.main,
                    dynamic_ncols=True, mininterval=1.0)
         t0, seen = time.perf_counter(), 0
         for i, (images, labels) in enumerate(loader):
-            if i < skip:  # resuming mid-epoch: the same batches, already learnt from
+            if i < skip:  # resuming mid-epoch: the same batches, already learnt from; the clock starts after them
+                t0 = time.perf_counter()
                 continue
             total += self.step(images, labels, epoch + i / n)
             seen += labels.shape[0] * d.world_size
             bar.update(labels.shape[0] * d.world_size)
-            if ((i + 1) % CHECK_EVERY == 0 or i + 1 == n) and self.should_stop(total, epoch, i):
+            checking = (i + 1) % CHECK_EVERY == 0 or i + 1 == n
+            if checking and self.should_stop(total, epoch, i, seen, time.perf_counter() - t0):
                 bar.close()
                 return None
         bar.close()
-        self.state["step"] = 0
-        loss = all_sum([total.item()], d)[0] / max(n - skip, 1) / d.world_size
-        return {"loss": loss, "img_s": seen / (time.perf_counter() - t0)}
+        loss_sum = all_sum([total.item()], d)[0] + state.get("epoch_loss_sum", 0.0)
+        images = seen + state.get("epoch_images", 0)
+        seconds = time.perf_counter() - t0 + state.get("epoch_seconds", 0.0)
+        steps = n - skip + state.get("epoch_images", 0) // batch  # every step trains on B images over the processes
+        state.update(step=0, epoch_loss_sum=0.0, epoch_images=0, epoch_seconds=0.0)
+        return {"loss": loss_sum / max(steps, 1) / d.world_size, "img_s": images / seconds}
 
     def step(self, images, labels, epoch: float) -> torch.Tensor:
         for g in self.optimizer.param_groups:
@@ -245,16 +277,20 @@ class _Run:
             raise UserError(f"CUDA out of memory at --batch-size {self.cfg.recipe.batch_size} ({labels.shape[0]} "
                             f"per GPU) and --res {self.cfg.res}: lower one of them") from None
 
-    def should_stop(self, total: torch.Tensor, epoch: int, i: int) -> bool:
-        """Check the loss, and stop requests on any process (one sync for both)."""
+    def should_stop(self, total: torch.Tensor, epoch: int, i: int, seen: int, seconds: float) -> bool:
+        """Check the loss, and stop requests on any process (one sync for both). On a stop, write a checkpoint that
+        resumes after step ``i``, with the epoch's sums so far (loss over the processes, images, seconds) in its state."""
         loss, stopping = all_sum([total.item(), float(self.stop.requested)], self.d)
         if not math.isfinite(loss):
             raise UserError(f"the loss became {loss} in epoch {epoch}, step {i}: training diverged. "
                             f"{self.out / 'last.pt'} (the last good checkpoint) is intact; lower --lr or use --amp off")
         if stopping:
-            self.state["step"] = i + 1
+            s = self.state
+            s.update(step=i + 1, epoch_loss_sum=s.get("epoch_loss_sum", 0.0) + loss,
+                     epoch_images=s.get("epoch_images", 0) + seen, epoch_seconds=s.get("epoch_seconds", 0.0) + seconds)
             self.save(self.out / "last.pt", epoch, {})
-            self.log(f"stopped at epoch {epoch}, step {i + 1}; resume with --resume")
+            why = signal.Signals(self.stop.signum).name if self.stop.signum else "a stop request on another process"
+            self.log(f"stopped by {why} at epoch {epoch}, step {i + 1}; resume with --resume")
         return bool(stopping)
 
     def end_of_epoch(self, epoch: int, results: dict) -> None:
@@ -272,7 +308,8 @@ class _Run:
                     if isinstance(value, (int, float)) and name != "epoch":
                         self.board.add_scalar(name, value, epoch)
                 self.board.flush()
-        self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items()))
+        shown = {k: v for k, v in results.items() if len(self.classes) > 5 or not k.startswith("top5@")}  # else 100%
+        self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
         barrier(self.d)
 
     def save(self, path: Path, epoch: int, results: dict) -> None:

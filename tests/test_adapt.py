@@ -79,8 +79,8 @@ def test_adapting_at_twice_the_train_resolution_beats_no_adaptation(composites, 
 
 def test_auto_picks_a_candidate_and_reports_eq5(composites, tmp_path):
     logs = []
-    result = adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), data=str(composites["small"]), test_res=None,
-                               epochs=2, batch_size=64, lr=0.01, auto_images=400, evaluate=False,
+    result = adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), data=str(composites["data"]), test_res=None,
+                               epochs=2, batch_size=64, lr=0.01, auto_images=500, evaluate=False,
                                out=str(tmp_path / "auto.pt"), **CPU), log=logs.append)
     assert set(result["auto"]["top1"]) == {32, 64} and result["k_test"] in (32, 64)
     assert result["auto"]["eq5"] == 32  # K_train / (F * 256/224) = 39.6 -> 32

@@ -105,26 +105,43 @@ def cli_train(data, out, *extra):
             "--batch-size", "8", "--repeats", "1", "--lr", "0.02", *extra]
 
 
-def test_sigterm_writes_a_resumable_checkpoint(imagenet_records, tmp_path):
-    data = imagenet_records["out"]
-    proc = subprocess.Popen(cli_train(data, tmp_path / "s", "--epochs", "40"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def test_sigterm_exits_143_and_the_resumed_epoch_reports_the_whole_epoch(tmp_path):
+    """A scheduler sees an unfinished job (128 + SIGTERM); --resume continues exactly, and the resumed epoch's
+    metrics line averages the loss over all its steps, as an uninterrupted run's does."""
+    from fixres_fast.convert import ConvertConfig, convert
+    from fixres_fast.sampledata import composite_tree
+
+    composite_tree(tmp_path / "src", n_train=100, n_val=20, seed=0)  # 50 steps of 2 an epoch: stops land mid-epoch
+    data = tmp_path / "data"
+    convert(ConvertConfig(layout="folder", src=str(tmp_path / "src"), out=str(data), workers=1), log=quiet)
+
+    def cmd(out, epochs, *extra):
+        return [sys.executable, "-m", "fixres_fast.cli", "train", "--data", str(data), "--out", str(tmp_path / out),
+                "--arch", "fixres_cnn", "--res", "32", "--backend", "torch", "--device", "cpu", "--workers", "1",
+                "--aug", "test", "--batch-size", "2", "--repeats", "1", "--lr", "0.02", "--epochs", str(epochs), *extra]
+
+    proc = subprocess.Popen(cmd("s", 40), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     t0 = time.monotonic()
     while not (tmp_path / "s" / "metrics.jsonl").exists():
         assert proc.poll() is None and time.monotonic() - t0 < 120
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     text, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "resume with --resume" in text, text
+    assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in text and "resume with --resume" in text, text
     state = checkpoint.load(tmp_path / "s" / "last.pt")["state"]
     stopped = state["epoch"] + (1 if state["step"] else 0)
     assert 1 <= stopped < 40
     # all runs in subprocesses alike, so that their CPU thread counts (and float sums) agree
     for out, extra in (("s", ["--resume"]), ("u", [])):
-        done = subprocess.run(cli_train(data, tmp_path / out, "--epochs", str(stopped + 1), *extra), capture_output=True)
-        assert done.returncode == 0
+        done = subprocess.run(cmd(out, stopped + 1, *extra), capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     a, b = weights(tmp_path / "s" / "last.pt"), weights(tmp_path / "u" / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed, whole = ([json.loads(line) for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+                      for out in ("s", "u"))
+    assert [r["epoch"] for r in resumed] == [r["epoch"] for r in whole] == list(range(stopped + 1))
+    for r, w in zip(resumed, whole):
+        assert r["train_loss"] == pytest.approx(w["train_loss"], rel=1e-5) and r["train_img_s"] > 0, (state, r, w)
 
 
 def test_two_gloo_processes_match_one_with_twice_the_batch(imagenet_records, tmp_path):

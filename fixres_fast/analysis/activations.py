@@ -18,7 +18,7 @@ changed, so the pooled vector itself changes: Fig. 4's "after fine-tuning". Givi
 checkpoint and its adapted version together draws both on one plot.
 
 A K_test whose test DA needs a larger stored image than the records were converted with
-(``--max-side``; the rule of :func:`fixres_fast.adapt.check_res`) is skipped with a warning.
+(``--max-side``; the rule of :func:`fixres_fast.data.check_res`) is skipped with a warning.
 """
 from __future__ import annotations
 
@@ -90,8 +90,8 @@ def summarize(values) -> dict:
 def pooled_activations(cfg: ActivationsConfig, log=print) -> ActivationsResult:
     """Measure the pooled activations of each checkpoint at each K_test; one row per pair measured."""
     from .. import checkpoint
-    from ..adapt import check_res, pooled_features
-    from ..data import backend_for
+    from ..adapt import pooled_features
+    from ..data import backend_for, check_res
     from ..evaluate import checkpoint_data, model_from_checkpoint, test_spec
     from ..loaders import LoaderConfig, make_loader
     from ..runtime import amp_dtype, resolve_device
@@ -108,9 +108,9 @@ def pooled_activations(cfg: ActivationsConfig, log=print) -> ActivationsResult:
         adapted = meta.get("adaptation") or {}
         for k_test in cfg.k_test:
             try:
-                check_res(k_test, data, meta)
+                check_res(test_spec(meta, k_test), data, "--res")
             except UserError as e:
-                reason = str(e).replace("--test-res", "--res")
+                reason = str(e)
                 skipped.append({"checkpoint": str(path), "res": k_test, "reason": reason})
                 log(f"warning: skipping K_test={k_test} for {Path(path).name}: {reason}")
                 continue
