@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import __version__, checkpoint
-from .data import backend_for, dataset_info
+from .data import backend_for, data_record, dataset_info
 from .distributed import Dist, all_sum, barrier, setup, teardown
 from .errors import UserError
 from .evaluate import evaluate_loader
@@ -116,10 +116,11 @@ def _check(cfg: TrainConfig, d: Dist) -> None:
         raise UserError(f"unknown --schedule {r.schedule!r}; choose step or cosine")
 
 
-def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict) -> dict:
-    """What a checkpoint says about itself (cf. timm's pretrained cfg: input_size, test_input_size)."""
+def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict, data: dict) -> dict:
+    """What a checkpoint says about itself (cf. timm's pretrained cfg: input_size, test_input_size), and the
+    data set it was trained on (``data.data_record``)."""
     return {
-        "arch": cfg.arch, "num_classes": len(classes), "classes": classes,
+        "arch": cfg.arch, "num_classes": len(classes), "classes": classes, "data": data,
         "train_res": cfg.res, "test_res": cfg.res,
         "preprocessing": {"train": {"mode": cfg.aug, **asdict(make_spec(cfg.aug, cfg.res))},
                           "test": {"mode": "test", **asdict(TestDA(k_test=cfg.res))},
@@ -199,6 +200,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler(d.device.type) if self.dtype == torch.float16 else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
         self.state = {"epoch": 0, "step": 0, "best_top1": -1.0}
+        self.data = data_record(cfg.data)
         if cfg.resume:
             self.resume(self.out / "last.pt", num_classes)
         self.net = self.model
@@ -263,7 +265,7 @@ class _Run:
         self.save(self.out / "last.pt", epoch, results)
         if self.d.main:
             if is_best:
-                checkpoint.save(self.out / "best.pt", self.model, metadata(self.cfg, self.classes, epoch, results))
+                checkpoint.save(self.out / "best.pt", self.model, self.metadata(epoch, results))
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(results) + "\n")
             if self.board is not None:
@@ -274,9 +276,12 @@ class _Run:
         self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items()))
         barrier(self.d)
 
+    def metadata(self, epoch: int, results: dict) -> dict:
+        return metadata(self.cfg, self.classes, epoch, results, self.data)
+
     def save(self, path: Path, epoch: int, results: dict) -> None:
         if self.d.main:
-            checkpoint.save(path, self.model, metadata(self.cfg, self.classes, epoch, results),
+            checkpoint.save(path, self.model, self.metadata(epoch, results),
                             optimizer=self.optimizer.state_dict(), state=dict(self.state), config=asdict(self.cfg),
                             scaler=self.scaler.state_dict() if self.scaler else None)
         barrier(self.d)
@@ -290,7 +295,7 @@ class _Run:
         if meta["num_classes"] != num_classes or meta["arch"] != cfg.arch:
             raise UserError(f"{path} holds a {meta['arch']} with {meta['num_classes']} classes, but this run is a "
                             f"{cfg.arch} on {num_classes} classes; use another --out, or matching --arch/--data")
-        self.model.load_state_dict(doc["model"])
+        checkpoint.load_weights(self.model, doc, path)
         self.optimizer.load_state_dict(doc["optimizer"])
         if self.scaler is not None and doc.get("scaler"):
             self.scaler.load_state_dict(doc["scaler"])
