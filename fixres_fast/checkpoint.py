@@ -177,6 +177,12 @@ def data_set(meta: dict) -> dict | None:
     return meta.get("data")  # its form is checked by load()
 
 
+def resumed_from(meta: dict) -> list:
+    """Earlier settings of a run that ``train --resume-changed`` continued: {epoch, step, config, data, changed}."""
+    history = meta.get("resumed_from")
+    return list(history) if isinstance(history, list) else []
+
+
 def data_for(doc: dict, data: str | None, path) -> str:
     """The data set to use with the checkpoint ``doc`` (read from ``path``): ``data`` when given, else the one
     it records (its path and manifest checked), else (older checkpoints) ``adaptation.data`` or ``config.data``;

@@ -237,3 +237,42 @@ def test_a_moved_or_reconverted_data_set_is_a_clear_error(imagenet_records, tmp_
                    "SHA-256", "pass --data OUT")
     res = CliRunner().invoke(main, evaluate + [str(changed), "--data", str(copy)])
     assert res.exit_code == 0, res.output
+
+
+# --- train --resume against the settings it was trained with ----------------------------------------------
+
+
+def test_resume_with_other_settings_is_refused_unless_asked(imagenet_records, tmp_path):
+    data = imagenet_records["out"]
+    other = tmp_path / "other-records"
+    shutil.copytree(data, other)
+    out = tmp_path / "run"
+    train(tiny(data, out, epochs=1), log=quiet)
+    with pytest.raises(UserError) as e:
+        train(tiny(other, out, epochs=2, res=48, lr=0.05, aug="train", resume=True), log=quiet)
+    msg = str(e.value)
+    for change in ("--res 32 -> 48", "--aug test -> train", "--lr 0.02 -> 0.05", f"--data {data} -> {other}",
+                   "--resume-changed"):
+        assert change in msg, msg
+    assert "--epochs" not in msg  # extending a step-schedule run is what --resume is for
+    res = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), "--resume", "--res", "40",
+                                    "--arch", "fixres_cnn", "--epochs", "2", "--batch-size", "8", "--repeats", "1",
+                                    "--lr", "0.02", "--aug", "test", "--workers", "1", *CPU])
+    one_line_error(res, "--res 32 -> 40")
+    # settings that do not change what is learnt: workers, evaluation resolutions, tensorboard
+    train(tiny(data, out, epochs=2, resume=True, workers=2, eval_res=(40,)), log=quiet)
+    assert checkpoint.load(out / "last.pt")["meta"]["resumed_from"] == []
+    train(tiny(data, out, epochs=3, res=48, resume=True, resume_changed=True), log=quiet)
+    meta = checkpoint.load(out / "last.pt")["meta"]
+    assert meta["train_res"] == 48 and meta["epoch"] == 2
+    [was] = meta["resumed_from"]
+    assert (was["epoch"], was["step"], was["config"]["res"], was["changed"]) == (2, 0, 32, {"--res": [32, 48]})
+    res = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), "--resume-changed", *CPU])
+    one_line_error(res, "add --resume")
+
+
+def test_resume_of_a_cosine_run_counts_a_new_length_as_a_change(imagenet_records, tmp_path):
+    data, out = imagenet_records["out"], tmp_path / "run"
+    train(tiny(data, out, epochs=1, schedule="cosine"), log=quiet)
+    with pytest.raises(UserError, match="--epochs 1 -> 2"):
+        train(tiny(data, out, epochs=2, schedule="cosine", resume=True), log=quiet)
