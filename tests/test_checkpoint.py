@@ -179,8 +179,8 @@ def test_long_class_lists_are_shortened_to_counts_and_the_first_differences(tmp_
     check_classes(None, 1000, tmp_path, "the checkpoint x.pt")  # no names recorded: the number agrees
 
 
-def tiny(data, out, epochs=1, schedule="step", **kw):
-    recipe = Recipe(epochs=epochs, batch_size=8, repeats=1, lr=kw.pop("lr", 0.02), schedule=schedule)
+def tiny(data, out, epochs=1, schedule="step", momentum=0.9, **kw):
+    recipe = Recipe(epochs=epochs, batch_size=8, repeats=1, lr=kw.pop("lr", 0.02), schedule=schedule, momentum=momentum)
     return TrainConfig(data=str(data), out=str(out), recipe=recipe,
                        **{**dict(arch="fixres_cnn", res=32, backend="torch", device="cpu", workers=1, aug="test"), **kw})
 
@@ -262,11 +262,14 @@ def test_resume_with_other_settings_is_refused_unless_asked(imagenet_records, tm
     # settings that do not change what is learnt: workers, evaluation resolutions, tensorboard
     train(tiny(data, out, epochs=2, resume=True, workers=2, eval_res=(40,)), log=quiet)
     assert checkpoint.load(out / "last.pt")["meta"]["resumed_from"] == []
-    train(tiny(data, out, epochs=3, res=48, resume=True, resume_changed=True), log=quiet)
-    meta = checkpoint.load(out / "last.pt")["meta"]
-    assert meta["train_res"] == 48 and meta["epoch"] == 2
+    train(tiny(data, out, epochs=3, res=48, momentum=0.5, resume=True, resume_changed=True), log=quiet)
+    doc = checkpoint.load(out / "last.pt")
+    meta = doc["meta"]
+    assert meta["train_res"] == 48 and meta["epoch"] == 2 and meta["recipe"]["momentum"] == 0.5
+    assert doc["optimizer"]["param_groups"][0]["momentum"] == 0.5  # the new settings, not the loaded ones
     [was] = meta["resumed_from"]
-    assert (was["epoch"], was["step"], was["config"]["res"], was["changed"]) == (2, 0, 32, {"--res": [32, 48]})
+    assert (was["epoch"], was["step"], was["config"]["res"]) == (2, 0, 32)
+    assert was["changed"] == {"--res": [32, 48], "--momentum": [0.9, 0.5]}
     res = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), "--resume-changed", *CPU])
     one_line_error(res, "add --resume")
 
