@@ -203,7 +203,8 @@ def data_for(doc: dict, data: str | None, path) -> str:
             raise UserError(f"the records in {chosen} changed after {path} was trained or adapted on them (its "
                             "manifest.json's SHA-256 differs: converted again?); pass --data OUT to use them anyway")
     else:
-        chosen = (meta.get("adaptation") or {}).get("data") or (doc.get("config") or {}).get("data")
+        config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+        chosen = (meta.get("adaptation") or {}).get("data") or config.get("data")
         if not isinstance(chosen, str) or not chosen:
             raise UserError(f"{path} does not say which data set it was trained on; pass --data OUT")
     check_classes(meta.get("classes"), meta["num_classes"], chosen, f"the checkpoint {path}")

@@ -354,7 +354,8 @@ def resume_changes(old: dict, old_data: dict | None, cfg: TrainConfig, data: dic
     between the checkpoint's config (and data set record) and ``cfg`` (and ``data``). Options an older
     checkpoint did not record are not compared."""
     new = asdict(cfg)
-    old_recipe, new_recipe = old.get("recipe") or {}, new.pop("recipe")
+    old_recipe = old["recipe"] if isinstance(old.get("recipe"), dict) else {}
+    new_recipe = new.pop("recipe")
     cosine = "cosine" in (old_recipe.get("schedule"), new_recipe["schedule"])
     pairs = [(k, old[k], v) for k, v in new.items() if k not in RESUME_NEUTRAL + ("data",) and k in old]
     pairs += [(k, old_recipe[k], v) for k, v in new_recipe.items() if k in old_recipe and (k != "epochs" or cosine)]
