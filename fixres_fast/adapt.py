@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,10 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, frechet, progress
-from .data import backend_for, check_res
+from .data import backend_for, check_res, data_record
 from .distributed import Dist
 from .errors import UserError
-from .evaluate import checkpoint_data, evaluate_loader, model_from_checkpoint, test_spec
+from .evaluate import evaluate_loader, model_from_checkpoint, test_spec
 from .geometry import k_test_calibrated, suggest_k_test
 from .models import TUNE, adaptation_mode, classifier, split_at, tuned_modules
 from .spec import (AREA_RANGE, AUTO_HOLDOUT, AUTO_IMAGES, AUTO_MIN_HELD_OUT, FINETUNE_LR_BATCH, adapt_epochs,
@@ -98,9 +99,9 @@ def adapt(cfg: AdaptConfig, log=print) -> dict:
     _check_options(cfg)
     doc = checkpoint.load(cfg.checkpoint)
     device = resolve_device(cfg.device)
-    job = _Job(cfg, doc["meta"], checkpoint_data(doc, cfg.data), device, amp_dtype(cfg.amp, device),
-               backend_for(cfg.backend, device, checkpoint_data(doc, cfg.data)))
-    model = model_from_checkpoint(doc, device)
+    model = model_from_checkpoint(doc, device, cfg.checkpoint)
+    data = checkpoint.data_for(doc, cfg.data, cfg.checkpoint)
+    job = _Job(cfg, doc["meta"], data, device, amp_dtype(cfg.amp, device), backend_for(cfg.backend, device, data))
     tuned_modules(model, cfg.tune if cfg.method == "finetune" else "fc", cfg.bn_scope, job.k_train)  # fail early
     t0 = time.perf_counter()
     auto = None
@@ -118,12 +119,13 @@ def adapt(cfg: AdaptConfig, log=print) -> dict:
         log(f"val top-1 at K_test={k_test}: {before:.2f}% before, {after:.2f}% after adaptation")
     result = {"k_test": k_test, "method": cfg.method, "tune": cfg.tune, "bn_scope": cfg.bn_scope, "aug": cfg.aug,
               "batch_size": cfg.batch_size, "lr": finetune_recipe(1, cfg.batch_size, cfg.lr).base_lr,
-              "data": str(job.data), "from": str(cfg.checkpoint), "seconds": seconds,
+              "data": os.path.abspath(job.data), "from": os.path.abspath(cfg.checkpoint), "seconds": seconds,
               "seconds_auto": t_auto, "auto": auto,
               "val_top1_before": before, "val_top1_after": after, **info}
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(f"{Path(cfg.checkpoint).stem}-adapted{k_test}.pt")
     meta = job.meta
     checkpoint.save(out, model, {**meta, "test_res": k_test, "git": checkpoint.git_revision(), "adaptation": result,
+                                 "data": data_record(job.data),
                                  "preprocessing": {**meta["preprocessing"],
                                                    "test": {"mode": "test", **asdict(test_spec(meta, k_test))}}})
     log(f"adapted in {seconds:.1f} s; wrote {out}")

@@ -196,6 +196,8 @@ def run_options(fn):
 @click.option("--eval-res", default="", show_default=False,
               help="Further test resolutions to evaluate after each epoch, e.g. 224,288 [default: none].")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt.")
+@click.option("--resume-changed", is_flag=True, help="With --resume: continue although the data, --res, --aug, --seed "
+              "or the recipe differ from OUT/last.pt's (refused otherwise); the checkpoint records both.")
 @click.option("--tensorboard", is_flag=True, help="Also write each epoch's metrics as TensorBoard scalars in OUT/tensorboard.")
 @click.option("--seed", default=0)
 @click.option("--workers", default=0, show_default=False, help="Loader workers [default: all cores].")

@@ -48,15 +48,15 @@ def evaluate_loader(model: nn.Module, loader, d: Dist, dtype: torch.dtype | None
     return 100 * c1 / total, 100 * c5 / total, loss / total, int(total)
 
 
-def model_from_checkpoint(doc: dict, device: torch.device) -> nn.Module:
-    """The model a checkpoint describes, weights loaded, in eval mode, with an adapted checkpoint's
-    Fréchet equalisation (``meta['adaptation']['frechet']``) attached after pooling."""
+def model_from_checkpoint(doc: dict, device: torch.device, path="the checkpoint") -> nn.Module:
+    """The model a checkpoint (read from ``path``) describes, weights loaded, in eval mode, with an adapted
+    checkpoint's Fréchet equalisation (``meta['adaptation']['frechet']``) attached after pooling."""
     from . import frechet
     from .models import build_model, classifier
 
     meta = doc["meta"]
     model = build_model(meta["arch"], meta["num_classes"])
-    model.load_state_dict(doc["model"])
+    checkpoint.load_weights(model, doc, path)
     model = model.to(device, memory_format=torch.channels_last).eval()
     eq = (meta.get("adaptation") or {}).get("frechet")
     if eq:
@@ -133,8 +133,8 @@ def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
     rows = []
     for path in cfg.checkpoints:
         doc = checkpoint.load(path)
-        meta, model = doc["meta"], model_from_checkpoint(doc, device)
-        data, own = checkpoint_data(doc, cfg.data), cfg.res or (meta["test_res"],)
+        meta, model = doc["meta"], model_from_checkpoint(doc, device, path)
+        data, own = checkpoint.data_for(doc, cfg.data, path), cfg.res or (meta["test_res"],)
         ensemble, ks = None, list(dict.fromkeys((*own, *cfg.ensemble)))
         for k in ks:  # every resolution checked before any is measured
             check_res(test_spec(meta, k), data, "--ensemble" if k in cfg.ensemble and k not in own else "--res")
@@ -151,14 +151,6 @@ def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
             rows.append(_row(path, meta, name, scores(ensemble / len(cfg.ensemble), labels, cfg.folds)))
             log(_line(rows[-1], meta["num_classes"]))
     return rows
-
-
-def checkpoint_data(doc: dict, data: str | None) -> str:
-    """``data``, else the data set the checkpoint was trained (``config.data``) or adapted (``adaptation.data``) on."""
-    known = data or (doc["meta"].get("adaptation") or {}).get("data") or (doc.get("config") or {}).get("data")
-    if not known:
-        raise UserError("this checkpoint does not say which data set it was trained on; pass --data OUT")
-    return known
 
 
 def _row(path, meta, res: str, s: dict) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -22,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import __version__, checkpoint
-from .data import backend_for, check_res, dataset_info
+from .data import backend_for, check_res, data_record, dataset_info
 from .distributed import Dist, all_sum, barrier, setup, teardown
 from .errors import UserError
 from .evaluate import evaluate_loader
@@ -51,6 +52,17 @@ class TrainConfig:
     workers: int = 0
     on_corrupt: str = "stop"  # a damaged record: stop naming it, or skip and count it (LoaderConfig.on_corrupt)
     tensorboard: bool = False  # also write each epoch's metrics as TensorBoard scalars under OUT/tensorboard
+    resume_changed: bool = False  # resume although settings that change the result differ (both are recorded)
+
+    def __post_init__(self):
+        if self.resume_changed and not self.resume:
+            raise UserError("--resume-changed continues a run from OUT/last.pt with new settings; add --resume")
+
+
+#: TrainConfig fields that say how a run executes, not what it learns: --resume may change them freely.
+#: (recipe.epochs too, unless the schedule is cosine, whose curve depends on it: extending a run is resuming.)
+RESUME_NEUTRAL = ("out", "resume", "resume_changed", "workers", "tensorboard", "device", "backend", "amp", "compile",
+                  "eval_res")
 
 
 def lr_at(recipe: Recipe, epoch: float) -> float:
@@ -140,10 +152,13 @@ def _check_epoch(loader, cfg: TrainConfig, d: Dist) -> None:
                     f"(at most {per_rank * d.world_size})")
 
 
-def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict) -> dict:
-    """What a checkpoint says about itself (cf. timm's pretrained cfg: input_size, test_input_size)."""
+def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict, data: dict,
+             resumed_from: list = ()) -> dict:
+    """What a checkpoint says about itself (cf. timm's pretrained cfg: input_size, test_input_size): also its
+    data set (``data.data_record``) and, where a resume changed settings, the earlier ones (``resumed_from``)."""
     return {
-        "arch": cfg.arch, "num_classes": len(classes), "classes": classes,
+        "arch": cfg.arch, "num_classes": len(classes), "classes": classes, "data": data,
+        "resumed_from": list(resumed_from),
         "train_res": cfg.res, "test_res": cfg.res,
         "preprocessing": {"train": {"mode": cfg.aug, **asdict(make_spec(cfg.aug, cfg.res))},
                           "test": {"mode": "test", **asdict(TestDA(k_test=cfg.res))},
@@ -226,6 +241,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler(d.device.type) if self.dtype == torch.float16 else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
         self.state = {"epoch": 0, "step": 0, "best_top1": -1.0}
+        self.data, self.resumed_from = data_record(cfg.data), []
         if cfg.resume:
             self.resume(self.out / "last.pt", num_classes)
         self.net = self.model
@@ -300,7 +316,7 @@ class _Run:
         self.save(self.out / "last.pt", epoch, results)
         if self.d.main:
             if is_best:
-                checkpoint.save(self.out / "best.pt", self.model, metadata(self.cfg, self.classes, epoch, results))
+                checkpoint.save(self.out / "best.pt", self.model, self.metadata(epoch, results))
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(results) + "\n")
             if self.board is not None:
@@ -312,14 +328,19 @@ class _Run:
         self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
         barrier(self.d)
 
+    def metadata(self, epoch: int, results: dict) -> dict:
+        return metadata(self.cfg, self.classes, epoch, results, self.data, self.resumed_from)
+
     def save(self, path: Path, epoch: int, results: dict) -> None:
         if self.d.main:
-            checkpoint.save(path, self.model, metadata(self.cfg, self.classes, epoch, results),
+            checkpoint.save(path, self.model, self.metadata(epoch, results),
                             optimizer=self.optimizer.state_dict(), state=dict(self.state), config=asdict(self.cfg),
                             scaler=self.scaler.state_dict() if self.scaler else None)
         barrier(self.d)
 
     def resume(self, path: Path, num_classes: int) -> None:
+        """Continue from ``path`` (OUT/last.pt): refused where the settings that change the result differ,
+        unless ``cfg.resume_changed``; then the earlier settings are kept in ``meta['resumed_from']``."""
         cfg = self.cfg
         if not path.is_file():
             raise UserError(f"--resume: no checkpoint at {path}; start without --resume")
@@ -328,9 +349,64 @@ class _Run:
         if meta["num_classes"] != num_classes or meta["arch"] != cfg.arch:
             raise UserError(f"{path} holds a {meta['arch']} with {meta['num_classes']} classes, but this run is a "
                             f"{cfg.arch} on {num_classes} classes; use another --out, or matching --arch/--data")
-        self.model.load_state_dict(doc["model"])
-        self.optimizer.load_state_dict(doc["optimizer"])
+        lacking = [k for k in ("optimizer", "state", "config") if not isinstance(doc.get(k), dict)]
+        if lacking or not all(_nonnegative(doc["state"].get(k)) for k in ("epoch", "step")):
+            raise UserError(f"{path} cannot be resumed: it lacks a training state ({', '.join(lacking) or 'state'}); "
+                            "only the last.pt `fixres-fast train` writes can be. Use another --out")
+        changed = resume_changes(doc["config"], checkpoint.data_set(meta), cfg, self.data)
+        if changed and not cfg.resume_changed:
+            raise UserError(f"--resume: {path} was trained with other settings: {_listed(changed)}. Resume with the "
+                            "same ones, use another --out, or add --resume-changed to continue with the new settings "
+                            "(the checkpoint then records both)")
+        checkpoint.load_weights(self.model, doc, path)
+        self._load_optimizer(doc, path)
         if self.scaler is not None and doc.get("scaler"):
             self.scaler.load_state_dict(doc["scaler"])
         self.state = dict(doc["state"])
+        self.resumed_from = checkpoint.resumed_from(meta)
+        if changed:
+            self.resumed_from.append({"epoch": self.state["epoch"], "step": self.state["step"],
+                                      "config": doc["config"], "data": checkpoint.data_set(meta),
+                                      "changed": {k: list(v) for k, v in changed.items()}})
+            self.log(f"--resume-changed: continuing with {_listed(changed)}")
         self.log(f"resuming from {path}: epoch {self.state['epoch']}, step {self.state['step']}")
+
+    def _load_optimizer(self, doc: dict, path: Path) -> None:
+        """The saved momentum buffers, under this run's hyper-parameters (lr is set at every step)."""
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(doc["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise UserError(f"the checkpoint {path} is inconsistent: its optimizer state does not fit this run's "
+                            f"parameter groups ({e}); use another --out") from None
+        for group, settings in zip(self.optimizer.param_groups, fresh):
+            group.update(settings)
+
+
+def _nonnegative(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def resume_changes(old: dict, old_data: dict | None, cfg: TrainConfig, data: dict) -> dict:
+    """{option: (old, new)} for each setting that changes what a run learns (all but RESUME_NEUTRAL) and differs
+    between the checkpoint's config (and data set record) and ``cfg`` (and ``data``). Options an older
+    checkpoint did not record are not compared."""
+    new = asdict(cfg)
+    old_recipe = old["recipe"] if isinstance(old.get("recipe"), dict) else {}
+    new_recipe = new.pop("recipe")
+    cosine = "cosine" in (old_recipe.get("schedule"), new_recipe["schedule"])
+    pairs = [(k, old[k], v) for k, v in new.items() if k not in RESUME_NEUTRAL + ("data",) and k in old]
+    pairs += [(k, old_recipe[k], v) for k, v in new_recipe.items() if k in old_recipe and (k != "epochs" or cosine)]
+    old_data = old_data or {"path": os.path.abspath(str(old.get("data", cfg.data))), "manifest_sha256": None}
+    pairs.append(("data", old_data["path"], data["path"]))
+    if old_data["manifest_sha256"] and old_data["path"] == data["path"]:
+        pairs.append(("data manifest SHA-256", old_data["manifest_sha256"], data["manifest_sha256"]))
+    return {f"--{k.replace('_', '-')}" if " " not in k else k: (a, b) for k, a, b in pairs if _differ(a, b)}
+
+
+def _differ(a, b) -> bool:
+    return (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b)
+
+
+def _listed(changed: dict) -> str:
+    return ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())

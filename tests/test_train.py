@@ -185,7 +185,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(imagenet_records, tmp
     train(tiny(data, tmp_path, epochs=1), log=quiet)
     good = (tmp_path / "last.pt").read_bytes()
     with pytest.raises(UserError, match="diverged"):
-        train(tiny(data, tmp_path, epochs=3, resume=True, lr=1e30), log=quiet)
+        train(tiny(data, tmp_path, epochs=3, resume=True, resume_changed=True, lr=1e30), log=quiet)
     assert (tmp_path / "last.pt").read_bytes() == good
 
 

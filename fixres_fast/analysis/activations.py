@@ -92,7 +92,7 @@ def pooled_activations(cfg: ActivationsConfig, log=print) -> ActivationsResult:
     from .. import checkpoint
     from ..adapt import pooled_features
     from ..data import backend_for, check_res
-    from ..evaluate import checkpoint_data, model_from_checkpoint, test_spec
+    from ..evaluate import model_from_checkpoint, test_spec
     from ..loaders import LoaderConfig, make_loader
     from ..runtime import amp_dtype, resolve_device
 
@@ -101,10 +101,10 @@ def pooled_activations(cfg: ActivationsConfig, log=print) -> ActivationsResult:
     loader_cfg = LoaderConfig(batch_size=cfg.batch_size, device=str(device), workers=cfg.workers, training=False,
                               on_corrupt=cfg.on_corrupt)
     docs = [(path, checkpoint.load(path)) for path in cfg.checkpoints]  # every path checked before any work
+    datas = [checkpoint.data_for(doc, cfg.data, path) for path, doc in docs]  # and each one's data set
     rows, cdfs, skipped = [], [], []
-    for path, doc in docs:
-        meta, data = doc["meta"], checkpoint_data(doc, cfg.data)
-        model = model_from_checkpoint(doc, device)
+    for (path, doc), data in zip(docs, datas):
+        meta, model = doc["meta"], model_from_checkpoint(doc, device, path)
         adapted = meta.get("adaptation") or {}
         for k_test in cfg.k_test:
             try:
