@@ -1,5 +1,4 @@
 """Hostile inputs to `convert`: each ends in stored records that are right, or in one clear line."""
-import io
 import shutil
 import subprocess
 import uuid
@@ -8,14 +7,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from fixres_fast.cli import main
 from fixres_fast.convert import ConvertConfig, convert, verify
 from fixres_fast.convert.beton import BetonReader
 from fixres_fast.convert.image import FIRST_FRAME, MAX_PIXELS, prepare
 from fixres_fast.convert.index import escape_path, read_index, unescape_path
-from fixres_fast.errors import UserError
 from fixres_fast.loaders import make_loader
 from fixres_fast.loaders.source import open_source
 from fixres_fast.spec import make_spec

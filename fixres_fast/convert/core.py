@@ -39,7 +39,7 @@ from .image import WRITE_MODES, prepare
 from .index import escape_path
 from .layout import Layout
 from .manifest import classes_doc, manifest_doc, summarise
-from .outputs import CHECKPOINT_EVERY, PARTIAL, SplitWriter, sha256  # noqa: F401 (sha256: used by verify)
+from .outputs import CHECKPOINT_EVERY, PARTIAL, SplitWriter
 
 LAYOUTS = ("imagenet", "inat", "herbarium", "folder")
 FORMATS = ("beton", "recordio")

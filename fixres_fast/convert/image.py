@@ -55,6 +55,8 @@ def prepare(path: str, max_side: int, jpeg_quality: int = 90, write_mode: str = 
         return _prepare(data, max_side, jpeg_quality, write_mode, sequential)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return f"image larger than {MAX_PIXELS} pixels (a likely decompression bomb)"
+    except Image.UnidentifiedImageError:  # its message names a memory address: not the same twice
+        return "undecodable image (UnidentifiedImageError: not a format PIL reads)"
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         return f"undecodable image ({type(e).__name__}: {e})"
 

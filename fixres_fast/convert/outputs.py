@@ -123,8 +123,9 @@ class SplitWriter:
             dali = {"rec": [self.stems[i] + ".rec" for i in used], "idx": f"{self.name}.idx"}
         files = []
         for final in self.finals:
-            os.replace(partial(self.out, final), self.out / final)
-            files.append({"name": final, "bytes": (self.out / final).stat().st_size, "sha256": sha256(self.out / final)})
+            path = self.out / final
+            os.replace(partial(self.out, final), path)
+            files.append({"name": final, "bytes": path.stat().st_size, "sha256": sha256(path)})
         t = self.tally
         return {
             "count": t["count"],

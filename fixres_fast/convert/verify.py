@@ -13,8 +13,9 @@ import numpy as np
 
 from ..compat import quiet_numba_finalizers
 from ..errors import UserError
-from .core import MANIFEST, sha256
+from .core import MANIFEST
 from .index import read_index
+from .outputs import sha256
 
 BATCH = 256
 PROBE = 32  # px: images are decoded, then cropped small; the decode is what is checked
