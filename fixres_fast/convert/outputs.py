@@ -35,7 +35,7 @@ def partial(out: Path, final: str) -> Path:
 
 
 class SplitWriter:
-    """``NAME.index.tsv``, ``NAME.crc32``, ``NAME.beton`` (+ its row file for resumes) and RecordIO shards of one split."""
+    """``NAME.index.tsv``, ``NAME.crc32``, ``NAME.beton`` (+ its row file for resumes), RecordIO shards of a split."""
 
     def __init__(self, cfg, out: Path, name: str, capacity: int, num_classes: int):
         self.out, self.name, self.capacity = out, name, capacity
@@ -77,8 +77,10 @@ class SplitWriter:
         index, index_bytes = partial(self.out, f"{self.name}.index.tsv"), at["files"][f"{self.name}.index.tsv"]["bytes"]
         if index.stat().st_size < index_bytes:
             raise ValueError(f"{index} is shorter than at the checkpoint")
-        crc = partial(self.out, self.crc_name)  # a checkpoint of an earlier version has none: restart the split
-        if self.crc_name not in at["files"] or crc.stat().st_size < at["files"][self.crc_name]["bytes"]:
+        crc = partial(self.out, self.crc_name)
+        if self.crc_name not in at["files"]:  # a checkpoint of an earlier version: the split restarts
+            raise ValueError(f"the checkpoint records no {self.crc_name}")
+        if crc.stat().st_size < at["files"][self.crc_name]["bytes"]:
             raise ValueError(f"{crc} is shorter than at the checkpoint")
         self.tally = at["tally"]
         os.truncate(index, index_bytes)

@@ -73,10 +73,10 @@ _COMPILED: list = []
 
 
 def _compiled(fn):
-    """``fn`` (:func:`.kernels.decode_region`, :func:`.kernels.check_jpeg` or :func:`.kernels.record_crc32`, a ctypes call), compiled for one loader
-    as FFCV compiles its own libjpeg call, and kept for the life of the process: numba's finalizer of a dropped one
-    prints a KeyError, and one dispatcher shared by several loaders is worse (the second loader's compilation fails
-    with that KeyError)."""
+    """``fn`` (:func:`.kernels.decode_region`, :func:`.kernels.check_jpeg` or :func:`.kernels.record_crc32`, a ctypes
+    call), compiled for one loader as FFCV compiles its own libjpeg call, and kept for the life of the process:
+    numba's finalizer of a dropped one prints a KeyError, and one dispatcher shared by several loaders is worse (the
+    second loader's compilation fails with that KeyError)."""
     _COMPILED.append(Compiler.compile(fn))
     return _COMPILED[-1]
 
@@ -99,7 +99,8 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
         mem_read, my_range = self.memory_read, Compiler.get_iterator()
         decode_region, check_jpeg, reduced_box = _compiled(kernels.decode_region), _compiled(kernels.check_jpeg), kernels.reduced_box
         verdict_address, records, int8_array_at = self.verdicts.ctypes.data, len(self.verdicts), kernels.int8_array_at
-        record_crc32, uint32_array_at, has_crc = _compiled(kernels.record_crc32), kernels.uint32_array_at, self.crcs is not None
+        record_crc32, uint32_array_at = _compiled(kernels.record_crc32), kernels.uint32_array_at
+        has_crc = self.crcs is not None
         crc_address, crc_count = (self.crcs.ctypes.data, len(self.crcs)) if has_crc else (verdict_address, 0)
         resample, flip_in_place, colour_jitter = kernels.resample, kernels.flip_in_place, kernels.colour_jitter
         trailing_keys, seed, epoch_length = kernels.trailing_keys, seed_draws, self.epoch_length
