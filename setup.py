@@ -8,8 +8,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["fixres_fast", "fixres_fast.*"]),
-    # region decoding for the ffcv backend: libjpeg's API (Debian: libjpeg62-turbo-dev; libjpeg-turbo >= 1.5)
-    ext_modules=[Extension("fixres_fast.loaders._jpeg", ["fixres_fast/loaders/_jpeg.c"], libraries=["jpeg"])],
+    # region decoding for the ffcv backend: libjpeg's API (Debian: libjpeg62-turbo-dev; libjpeg-turbo >= 1.5);
+    # records' CRC-32: zlib (Debian: zlib1g-dev)
+    ext_modules=[Extension("fixres_fast.loaders._jpeg", ["fixres_fast/loaders/_jpeg.c"], libraries=["jpeg", "z"])],
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

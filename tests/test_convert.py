@@ -60,7 +60,7 @@ def test_imagenet_counts_labels_and_skips(imagenet_records):
 def test_records_read_back_through_ffcv_and_dali(imagenet_records):
     out, m = imagenet_records["out"], imagenet_records["manifest"]
     report = verify(out, workers=2, log=quiet)
-    assert report["train"] == {"count": m["splits"]["train"]["count"], "beton": "ok", "recordio": "ok"}
+    assert report["train"] == {"count": m["splits"]["train"]["count"], "crc32": "ok", "beton": "ok", "recordio": "ok"}
     want = [lab for _, lab, _ in index_rows(out, "val")]
     assert list(read_beton_labels(out / "val.beton", 2)) == want
     rio = m["splits"]["val"]["recordio"]
@@ -273,7 +273,7 @@ def test_raw_write_mode_reads_back_through_ffcv(tmp_path, photos):
     out = tmp_path / "out"
     convert(ConvertConfig(layout="folder", src=str(tmp_path / "tree"), out=str(out), formats=("beton",),
                           write_mode="raw", max_side=128, workers=1), log=quiet)
-    assert verify(out, workers=1, log=quiet)["train"] == {"count": 3, "beton": "ok"}
+    assert verify(out, workers=1, log=quiet)["train"] == {"count": 3, "crc32": "ok", "beton": "ok"}
     data, w, h, _ = beton_images(out / "train.beton")[0]
     assert (w, h) == (128, 128) and len(data) == 128 * 128 * 3
     reader = BetonReader(out / "train.beton")

@@ -12,7 +12,7 @@ import pytest
 from fixres_fast.convert import ConvertConfig, convert, verify
 from fixres_fast.errors import UserError
 
-FINAL = ("*.beton", "*.rec", "*.idx", "*.index.tsv", "manifest.json", "classes.json")
+FINAL = ("*.beton", "*.rec", "*.idx", "*.index.tsv", "*.crc32", "manifest.json", "classes.json")
 
 
 def many_photos(root, photos, copies=25):
@@ -121,7 +121,10 @@ def test_kill_9_mid_split_resumes_at_the_last_checkpoint_with_the_same_bytes(tre
     assert checksums(out) == checksums(whole)
     splits = [json.loads((o / "manifest.json").read_text())["splits"] for o in (out, whole)]
     assert splits[0] == splits[1]  # counts, skipped files, re-encodes: all as in one run
-    assert verify(out, workers=2, log=lambda *_: None)["train"]["count"] == 500
+    assert "train.crc32" in checksums(out)  # the records' CRCs too, cut back and resumed like the rest
+    assert (out / "train.crc32").read_bytes() == (whole / "train.crc32").read_bytes()
+    report = verify(out, workers=2, log=lambda *_: None)["train"]
+    assert report["count"] == 500 and report["crc32"] == "ok"
 
 
 def test_a_second_conversion_into_the_same_out_stops_at_once(tree, tmp_path):

@@ -1,6 +1,8 @@
 """Damaged records and data folders: one policy in every backend (stop naming the record, or skip and count),
-truncated files refused in one line, and the auto backend picking one that can read what is there."""
+found by the CRC-32 the conversion recorded (or, without CRCs, libjpeg's decode check), truncated files refused in
+one line, and the auto backend picking one that can read what is there."""
 import io
+import json
 import shutil
 
 import numpy as np
@@ -8,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fixres_fast.convert import ConvertConfig, convert
+from fixres_fast.convert import ConvertConfig, convert, verify
+from fixres_fast.convert.beton import BetonReader
+from fixres_fast.convert.verify import VerifyError
 from fixres_fast.data import backend_for
 from fixres_fast.errors import UserError
 from fixres_fast.loaders import RecordError, make_loader
@@ -52,19 +56,48 @@ def damaged(tmp_path_factory, photos):
     return out, labels
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_flipped_bytes_stop_and_name_the_record(damaged, backend):
-    out, _ = damaged
-    loader = make_loader(backend, make_spec("test", 64), out, "val", batch_size=3, workers=1)
-    with pytest.raises(RecordError, match=rf"record {VICTIM} of split 'val' .*is damaged: libjpeg reports corrupt "
-                                          r"data.*`fixres-fast convert verify OUT`.*--on-corrupt skip"):
+def without_crcs(out):
+    """``out`` as a conversion made before CRCs were recorded: no ``.crc32`` files, none in the manifest."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    for split in manifest["splits"].values():
+        split["files"] = [f for f in split["files"] if not f["name"].endswith(".crc32")]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    for p in out.glob("*.crc32"):
+        p.unlink()
+    return out
+
+
+@pytest.fixture(scope="module")
+def sources(damaged, tmp_path_factory):
+    """Where the damaged record lies, and how it is found: records with CRCs (CRC-32), records converted without
+    them (libjpeg's decode check), an ImageFolder tree (the decode check; no ffcv there)."""
+    out, labels = damaged
+    old = without_crcs(shutil.copytree(out, tmp_path_factory.mktemp("old") / "out"))
+    tree = shutil.copytree(out.parent / "src", tmp_path_factory.mktemp("tree") / "src")
+    bad = tree / "val" / open_source(out, "val").paths[VICTIM].split("/val/", 1)[1]
+    bad.write_bytes(flip_bytes(bad.read_bytes()))
+    assert open_source(tree, "val").labels.tolist() == labels.tolist()
+    crc, decode = "its bytes do not match the CRC-32 the conversion recorded", "libjpeg reports corrupt data"
+    return {"crc": (out, crc), "old": (old, decode), "tree": (tree, decode)}
+
+
+CASES = [(kind, b) for kind in ("crc", "old", "tree") for b in BACKENDS if (kind, b) != ("tree", "ffcv")]
+
+
+@pytest.mark.parametrize("kind,backend", CASES)
+def test_flipped_bytes_stop_and_name_the_record(sources, kind, backend):
+    where, why = sources[kind]
+    loader = make_loader(backend, make_spec("test", 64), where, "val", batch_size=3, workers=1)
+    with pytest.raises(RecordError, match=rf" {VICTIM} of split 'val' .*is damaged: {why}"
+                                          r".*`fixres-fast convert verify OUT`.*--on-corrupt skip"):
         list(loader)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_flipped_bytes_skipped_and_counted(damaged, backend, capfd):
-    out, labels = damaged
-    loader = make_loader(backend, make_spec("test", 64), out, "val", batch_size=3, workers=1, on_corrupt="skip")
+@pytest.mark.parametrize("kind,backend", CASES)
+def test_flipped_bytes_skipped_and_counted(damaged, sources, kind, backend, capfd):
+    _, labels = damaged
+    loader = make_loader(backend, make_spec("test", 64), sources[kind][0], "val", batch_size=3, workers=1,
+                         on_corrupt="skip")
     for epoch in range(2):
         loader.set_epoch(epoch)
         batches = list(loader)
@@ -74,6 +107,51 @@ def test_flipped_bytes_skipped_and_counted(damaged, backend, capfd):
         assert all(torch.isfinite(x).all() for x, _ in batches)
     assert loader.skipped == 2
     assert "epoch 1: left out 1 damaged record(s) of split 'val'" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["ffcv", "torch"])
+def test_flipped_pixels_of_a_raw_record_found_by_its_crc(damaged, tmp_path, backend):
+    """Raw pixels have no decoder to complain: only the CRC-32 sees them change."""
+    out = tmp_path / "raw"
+    convert(ConvertConfig(layout="folder", src=str(damaged[0].parent / "src"), out=str(out), formats=("beton",),
+                          write_mode="raw", workers=1), log=lambda *_: None)
+    start = int(BetonReader(out / "val.beton").image["data_ptr"][VICTIM])
+    with open(out / "val.beton", "r+b") as f:
+        f.seek(start + 100)
+        pixels = f.read(8)
+        f.seek(start + 100)
+        f.write(bytes(b ^ 0xFF for b in pixels))
+    with pytest.raises(RecordError, match=rf"record {VICTIM} of split 'val' .*do not match the CRC-32"):
+        list(make_loader(backend, make_spec("test", 64), out, "val", batch_size=3, workers=1))
+
+
+def test_a_conversion_without_crcs_is_warned_about_once(sources, tmp_path, capfd):
+    old = shutil.copytree(sources["old"][0], tmp_path / "old")  # a conversion this process has not warned about
+    for split in ("val", "train", "val"):
+        make_loader("torch", make_spec("test", 64), old, split, batch_size=3, workers=1)
+    err = capfd.readouterr().err
+    assert err.count("records no CRC-32 per record") == 1, err
+    assert "decode check, which is slower; re-convert to add them" in err
+
+
+def test_crcs_in_the_manifest_and_checked_by_verify(damaged, tmp_path):
+    out = tmp_path / "out"
+    convert(ConvertConfig(layout="folder", src=str(damaged[0].parent / "src"), out=str(out), workers=1),
+            log=lambda *_: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"train.crc32", "val.crc32"} <= {f["name"] for s in manifest["splits"].values() for f in s["files"]}
+    assert (out / "val.crc32").stat().st_size == 4 * 6
+    assert verify(out, workers=1, log=lambda *_: None)["val"]["crc32"] == "ok"
+    jpeg = open_source(out, "val").read(VICTIM).tobytes()
+    data = (out / "val.beton").read_bytes()
+    (out / "val.beton").write_bytes(data.replace(jpeg, flip_bytes(jpeg)))
+    from fixres_fast.convert.core import sha256
+
+    for f in manifest["splits"]["val"]["files"]:  # a manifest that agrees with the damaged file: only the CRCs see it
+        f["sha256"] = sha256(out / f["name"])
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(VerifyError, match=rf"val beton: record {VICTIM} of split 'val' .*does not match its CRC-32"):
+        verify(out, workers=1, log=lambda *_: None)
 
 
 def test_a_batch_of_nothing_but_damaged_records_stops_even_when_skipping(damaged):
@@ -139,7 +217,7 @@ def test_train_on_corrupt_option(damaged, tmp_path):
 def test_flipped_bytes_on_the_gpu(damaged, backend):
     out, labels = damaged
     spec = make_spec("test", 64)
-    with pytest.raises(RecordError, match=rf"record {VICTIM} of split 'val' .*libjpeg reports corrupt data"):
+    with pytest.raises(RecordError, match=rf"record {VICTIM} of split 'val' .*do not match the CRC-32"):
         list(make_loader(backend, spec, out, "val", batch_size=3, workers=1, device="cuda"))
     loader = make_loader(backend, spec, out, "val", batch_size=3, workers=1, device="cuda", on_corrupt="skip")
     got = torch.cat([y for _, y in loader]).cpu().tolist()

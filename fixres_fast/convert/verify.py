@@ -1,6 +1,7 @@
 """Re-read every record of a conversion through FFCV's Loader and DALI's ``readers.mxnet``.
 
-Checks, per split: each file's size and SHA-256 against the manifest, that every
+Checks, per split: each file's size and SHA-256 against the manifest, each record's bytes against its
+CRC-32 in ``NAME.crc32`` (in the .beton and in the RecordIO shards: the CRCs the loaders compare), that every
 image decodes, and that record counts and labels match the manifest's index.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ..compat import quiet_numba_finalizers
 from ..errors import UserError
 from .core import MANIFEST
 from .index import read_index
-from .outputs import sha256
+from .outputs import CRC_SUFFIX, sha256
 
 BATCH = 256
 PROBE = 32  # px: images are decoded, then cropped small; the decode is what is checked
@@ -39,6 +40,9 @@ def verify(out: str | Path, workers: int = 0, log=print) -> dict:
             raise VerifyError(f"{name}: index lists {len(labels)} records, manifest says {split['count']}")
         names = [f["name"] for f in split["files"]]
         report[name] = {"count": split["count"]}
+        if name + CRC_SUFFIX in names:
+            _check_crcs(out, name, manifest, len(labels))
+            report[name]["crc32"] = "ok"
         beton = [n for n in names if n.endswith(".beton")]
         if beton:
             _compare(name, "beton", read_beton_labels(out / beton[0], workers, f"verify {name} beton"), labels)
@@ -48,7 +52,8 @@ def verify(out: str | Path, workers: int = 0, log=print) -> dict:
             got = read_recordio_labels([out / r for r in rio["rec"]], out / rio["idx"], workers, f"verify {name} recordio")
             _compare(name, "recordio", got, labels)
             report[name]["recordio"] = "ok"
-        log(f"{name}: {split['count']} records; " + ", ".join(f"{k} ok" for k in ("beton", "recordio") if k in report[name]))
+        log(f"{name}: {split['count']} records; "
+            + ", ".join(f"{k} ok" for k in ("crc32", "beton", "recordio") if k in report[name]))
     return report
 
 
@@ -63,6 +68,27 @@ def _check_files(out: Path, split: dict) -> None:
             raise VerifyError(f"{p} is missing")
         if p.stat().st_size != f["bytes"] or sha256(p) != f["sha256"]:
             raise VerifyError(f"{p} does not match the checksum in the manifest: it changed or is damaged")
+
+
+def _check_crcs(out: Path, name: str, manifest: dict, count: int) -> None:
+    """Every record's bytes, in each format, against the CRC-32 the conversion recorded (one pass, no decode)."""
+    import zlib
+
+    from ..loaders.source import Records
+    from .beton import BetonReader
+
+    crcs = np.fromfile(out / (name + CRC_SUFFIX), dtype="<u4")
+    if len(crcs) != count:
+        raise VerifyError(f"{name}{CRC_SUFFIX} holds {len(crcs)} CRCs, the index lists {count} records")
+    records = Records(out, name, manifest)
+    readers = [("recordio", records)] if records.recs else []
+    if records.beton is not None:
+        readers.append(("beton", BetonReader(records.beton)))
+    for fmt, reader in readers:
+        for i in range(count):
+            if zlib.crc32(reader.read(i)) != crcs[i]:
+                raise VerifyError(f"{name} {fmt}: {records.describe(i)} does not match its CRC-32 in "
+                                  f"{name}{CRC_SUFFIX}: it is damaged; re-convert")
 
 
 def _compare(split: str, fmt: str, got: np.ndarray, want: np.ndarray) -> None:

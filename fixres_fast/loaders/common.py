@@ -38,7 +38,8 @@ class LoaderConfig:
     #: pixels there (geometry.dct_reduction: it never adds upsampling), and resize from that. Same boxes;
     #: pixels within a few grey levels of the full decode. False: full decodes (torch: the reference).
     reduced_decode: bool = True
-    #: A damaged record (libjpeg fails or warns of corrupt data; see :meth:`.source.Source.damage`): 'stop' raises
+    #: A damaged record (its bytes' CRC-32 differs from the conversion's, or, without CRCs, libjpeg fails or warns
+    #: of corrupt data; see :meth:`.source.Source.damage`): 'stop' raises
     #: RecordError naming it; 'skip' leaves it out of its batch (the batch is one image shorter, never refilled, so
     #: no image is seen twice) and counts it (:attr:`BatchLoader.skipped`, and a warning line after each epoch).
     on_corrupt: str = "stop"
@@ -134,9 +135,10 @@ class BatchLoader:
 class DamagedRecords:
     """The one policy for damaged records, shared by the backends.
 
-    Backends that cannot see libjpeg's warnings (torch: PIL or nvJPEG; dali) ask :meth:`sound` before they
-    decode a record; its verdict is kept per record (in shared memory where DataLoader workers write it:
-    :meth:`share`), so each record is checked once per loader. The ffcv backend needs no check: its decoder returns libjpeg's code.
+    The torch backend's datasets and DALI's feed ask :meth:`sound` before they decode a record (a CRC-32 of its
+    bytes, or where the conversion recorded none, libjpeg's decode check: :meth:`.source.Source.damage`); its
+    verdict is kept per record (in shared memory where DataLoader workers write it: :meth:`share`), so each record
+    is checked once per loader. The ffcv decoder makes the same check in its compiled code, into the same verdicts.
     The main process hands each batch's damaged records to :meth:`found`, which stops or counts."""
 
     def __init__(self, source, policy: str):

@@ -32,7 +32,8 @@ class _Feed:
     """The external source: each iteration of it is one epoch of (encoded images, labels) batches.
 
     DALI decodes around corrupt JPEG data with a printed warning; so each record is checked once
-    (:meth:`.common.DamagedRecords.sound`, libjpeg at 1/8 scale, in a thread pool: ctypes releases the GIL)
+    (:meth:`.common.DamagedRecords.sound`: the CRC-32 of its bytes, or without CRCs libjpeg at 1/8 scale; in a
+    thread pool, as zlib and ctypes release the GIL)
     and damaged ones are not fed. ``fed`` and ``dropped`` say, per batch, which records went in and (the
     damaged ones, the batch's size) which were left out; the loader applies the policy to them as each batch
     comes out."""

@@ -8,8 +8,10 @@ keeps the box at least K x K pixels (``reduced_decode``; :func:`~fixres_fast.geo
 resamples the box with PIL's antialiased bilinear filter (the reference's), then flips and jitters
 in place (:mod:`.kernels`). FFCV's own decoders ignore libjpeg's return code and would hand
 over a stale buffer for a damaged record; this one writes :data:`SENTINEL` instead where libjpeg fails or
-warns of corrupt data in what it decodes, and the loader stops at that record, naming it, or leaves it out
-(``on_corrupt``). Damage in rows below the crop is not decoded, so not seen (nor used). The order is a ``TraversalOrder`` that
+warns of corrupt data in what it decodes, or where the record is damaged (once per record: its bytes' CRC-32
+against the conversion's ``NAME.crc32``, :func:`.kernels.record_crc32`; a conversion without CRCs, libjpeg over
+the whole record, :func:`.kernels.check_jpeg`, about as slow as the rest of the work), and the loader stops at
+that record, naming it, or leaves it out (``on_corrupt``). The order is a ``TraversalOrder`` that
 reads :class:`~fixres_fast.loaders.sampler.RASampler`, so sharding and RA follow the common law.
 
 Seeding: each position of an epoch gets a key drawn from (seed, rank, epoch), carried to the
@@ -71,10 +73,10 @@ _COMPILED: list = []
 
 
 def _compiled(fn):
-    """``fn`` (:func:`.kernels.decode_region` or :func:`.kernels.check_jpeg`, a ctypes call), compiled for one loader
-    as FFCV compiles its own libjpeg call, and kept for the life of the process: numba's finalizer of a dropped one
-    prints a KeyError, and one dispatcher shared by several loaders is worse (the second loader's compilation fails
-    with that KeyError)."""
+    """``fn`` (:func:`.kernels.decode_region`, :func:`.kernels.check_jpeg` or :func:`.kernels.record_crc32`, a ctypes
+    call), compiled for one loader as FFCV compiles its own libjpeg call, and kept for the life of the process:
+    numba's finalizer of a dropped one prints a KeyError, and one dispatcher shared by several loaders is worse (the
+    second loader's compilation fails with that KeyError)."""
     _COMPILED.append(Compiler.compile(fn))
     return _COMPILED[-1]
 
@@ -84,17 +86,22 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
 
     get_crop_generator = None  # the crop comes from box_function
 
-    def __init__(self, spec, epoch_length: int, verdicts: np.ndarray, reduced_decode: bool = True):
+    def __init__(self, spec, epoch_length: int, verdicts: np.ndarray, crcs: np.ndarray | None,
+                 reduced_decode: bool = True):
         """``verdicts``: int8 per record, 0 unchecked, 1 sound, 2 damaged (:class:`.common.DamagedRecords`),
-        written by the decoder; the caller keeps the array alive while the loader lives."""
+        written by the decoder; ``crcs``: uint32 per record (:attr:`.source.Source.crcs`), or None for the decode
+        check. The caller keeps both arrays alive while the loader lives."""
         super().__init__((spec.size, spec.size))
         self.spec, self.epoch_length, self.reduced_decode = spec, epoch_length, reduced_decode
-        self.verdicts = verdicts
+        self.verdicts, self.crcs = verdicts, crcs
 
     def generate_code(self):
         mem_read, my_range = self.memory_read, Compiler.get_iterator()
         decode_region, check_jpeg, reduced_box = _compiled(kernels.decode_region), _compiled(kernels.check_jpeg), kernels.reduced_box
         verdict_address, records, int8_array_at = self.verdicts.ctypes.data, len(self.verdicts), kernels.int8_array_at
+        record_crc32, uint32_array_at = _compiled(kernels.record_crc32), kernels.uint32_array_at
+        has_crc = self.crcs is not None
+        crc_address, crc_count = (self.crcs.ctypes.data, len(self.crcs)) if has_crc else (verdict_address, 0)
         resample, flip_in_place, colour_jitter = kernels.resample, kernels.flip_in_place, kernels.colour_jitter
         trailing_keys, seed, epoch_length = kernels.trailing_keys, seed_draws, self.epoch_length
         box = box_function(self.spec)
@@ -104,7 +111,7 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
             keys = trailing_keys(batch_indices, epoch_length)
-            verdicts = int8_array_at(verdict_address, records)
+            verdicts, crcs = int8_array_at(verdict_address, records), uint32_array_at(crc_address, crc_count)
             regions = np.zeros((len(batch_indices), 4), np.int32)  # what decode_region decoded, per sample
             for dst_ix in my_range(len(batch_indices)):
                 seed(keys[dst_ix])
@@ -118,18 +125,21 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
                 s, (r_top, r_left, r_h, r_w, sy, sx, o_y, o_x, blur), region = reduced_box(
                     height, width, k, reduce and jpeg, top, left, h, w, scale_y, scale_x, off_y, off_x)
                 status, i = 0, batch_indices[dst_ix]
+                if verdicts[i] == 0:  # once per record
+                    if has_crc:  # the CRC-32 the conversion recorded: tens of microseconds
+                        verdicts[i] = 1 if record_crc32(image_data) == crcs[i] else 2
+                    elif jpeg:  # none recorded: libjpeg over all of it, to its end marker (damage may show only there)
+                        verdicts[i] = 1 if check_jpeg(image_data) == 0 else 2
                 if jpeg:
                     temp_buffer, held = temp_storage[dst_ix].reshape(-1), regions[dst_ix]
                     status = decode_region(image_data, s, region[0], region[1], region[2], region[3], temp_buffer, held)
                     pixels = temp_buffer[:3 * held[2] * held[3]].reshape(held[2], held[3], 3)
                     src_top, src_left = r_top - held[0], r_left - held[1]  # the box's corner in what was decoded
-                    if verdicts[i] == 0:  # once per record, all of it to its end marker: damage may show only there
-                        verdicts[i] = 1 if check_jpeg(image_data) == 0 else 2
-                    if verdicts[i] == 2:
-                        status = -4
                 else:
                     pixels = image_data.reshape(height, width, 3)
                     src_top, src_left = r_top, r_left
+                if verdicts[i] == 2:
+                    status = -4
                 out = destination[dst_ix]
                 if status != 0:
                     out[:] = 0
@@ -169,7 +179,8 @@ class FFCVLoader(BatchLoader):
         if source.beton is None:
             raise UserError(f"the ffcv backend reads {source.split}.beton, which {source.root} lacks; "
                             "convert with --format beton, or use the dali or torch backend")
-        image = [FixResDecoder(spec, self.epoch_length, self.damaged.verdict.numpy(), config.reduced_decode), ToTensor()]
+        image = [FixResDecoder(spec, self.epoch_length, self.damaged.verdict.numpy(), source.crcs,
+                               config.reduced_decode), ToTensor()]
         label = [IntDecoder(), ToTensor()]
         if self.device.type == "cuda":
             image.append(ToDevice(self.device, non_blocking=True))

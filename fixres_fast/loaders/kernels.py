@@ -219,6 +219,22 @@ def _check_jpeg_c():
 
 _CHECK_JPEG = _check_jpeg_c()
 
+def _record_crc32_c():
+    f = ctypes.CDLL(_jpeg.__file__).record_crc32
+    f.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    f.restype = ctypes.c_uint32
+    return f
+
+
+_RECORD_CRC32 = _record_crc32_c()
+
+
+def record_crc32(data: np.ndarray) -> int:
+    """zlib's CRC-32 of ``data`` (contiguous uint8), as ``zlib.crc32`` gives it: what the converter wrote for a record
+    in ``NAME.crc32``. Releases the GIL; plain Python that numba compiles (the ffcv decoder calls it once per record)."""
+    return _RECORD_CRC32(data.ctypes.data, data.size)
+
+
 #: What :func:`check_jpeg` and :func:`decode_region` codes mean for a record's data.
 JPEG_DAMAGE = {-1: "libjpeg cannot decode it", -4: "libjpeg reports corrupt data in it"}
 
@@ -254,6 +270,20 @@ def _int8_pointer(typingctx, address):
 def int8_array_at(address, n):
     """The int8 array of ``n`` elements at ``address`` (one that outlives the caller: the ffcv decoder's verdicts)."""
     return carray(_int8_pointer(address), (n,))
+
+
+@intrinsic
+def _uint32_pointer(typingctx, address):
+    """An integer address -> ``uint32*``."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+    return types.CPointer(types.uint32)(address), codegen
+
+
+@njit(cache=True)
+def uint32_array_at(address, n):
+    """The uint32 array of ``n`` elements at ``address`` (one that outlives the caller: the ffcv decoder's CRCs)."""
+    return carray(_uint32_pointer(address), (n,))
 
 
 @intrinsic

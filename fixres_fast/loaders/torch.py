@@ -155,7 +155,7 @@ class PILDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
-            # PIL decodes around corrupt data: libjpeg's verdict (.common.DamagedRecords), once per record
+            # PIL decodes around corrupt data: the record's CRC-32 (or libjpeg's verdict), once per record
             if self.damaged is not None and not self.damaged.sound(i):
                 raise RecordError("damaged")
             with self.source.open_image(i) as im:
@@ -186,7 +186,7 @@ class BytesDataset(torch.utils.data.Dataset):
         flip = bool(torch.rand(()) < 0.5) if self.flip else False
         factors = torch.empty(3).uniform_(1 - self.jitter, 1 + self.jitter) if self.jitter else torch.ones(3)
         try:
-            # nvJPEG decodes around corrupt data: libjpeg's verdict (.common.DamagedRecords), once per record
+            # nvJPEG decodes around corrupt data: the record's CRC-32 (or libjpeg's verdict), once per record
             if self.damaged is not None and not self.damaged.sound(i):
                 raise RecordError("damaged")
             data = self.source.read(i)
