@@ -350,7 +350,7 @@ def candidates(job: _Job) -> list[int]:
 
 def choose_k_test(model, job: _Job, log) -> tuple[int, dict]:
     """Adapt at each candidate on the first images of a training slice, measure top-1 on the rest, keep the best."""
-    cfg, state = job.cfg, copy.deepcopy(model.state_dict())
+    state = copy.deepcopy(model.state_dict())
     n, n_fit = _auto_slice(job)
     top1 = {}
     for k in candidates(job):

@@ -11,6 +11,11 @@ from .runtime import parse_resolutions
 from .spec import ADAPT_EPOCHS_STREAMED, AUTO_HOLDOUT, AUTO_IMAGES, FINETUNE_EPOCHS, FINETUNE_LR_BATCH, RESIZE_RATIO
 
 
+ON_CORRUPT_HELP = ("A damaged record (its bytes differ from the CRC-32 the conversion recorded; without CRCs, libjpeg "
+                   "fails or reports corrupt data): stop, naming it, or leave it out and count it (a warning after "
+                   "each epoch).")
+
+
 def user_errors(fn):
     """Show a UserError as a one-line message (exit 1), never as a traceback."""
 
@@ -160,8 +165,7 @@ def run_options(fn):
                      help="Mixed precision: auto is bf16 on a GPU that supports it, else off."),
         click.option("--workers", default=0, show_default=False, help="Loader workers [default: all cores]."),
         click.option("--on-corrupt", type=click.Choice(["stop", "skip"]), default="stop",
-                     help="A damaged record (libjpeg fails or reports corrupt data): stop, naming it, or leave it "
-                          "out and count it (a warning after each epoch)."),
+                     help=ON_CORRUPT_HELP),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -202,8 +206,7 @@ def run_options(fn):
 @click.option("--seed", default=0)
 @click.option("--workers", default=0, show_default=False, help="Loader workers [default: all cores].")
 @click.option("--on-corrupt", type=click.Choice(["stop", "skip"]), default="stop",
-              help="A damaged record (libjpeg fails or reports corrupt data): stop, naming it, or leave it "
-                   "out and count it (a warning after each epoch).")
+              help=ON_CORRUPT_HELP)
 @user_errors
 def train(gpus, compile_, eval_res, **opts):
     """Train a classifier at K_train with the paper's recipe (SGD, lr 0.1*B/256 divided by 10 every

@@ -8,7 +8,6 @@ EXIF-rotated, truncated, empty, garbage).
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import os
 import shutil

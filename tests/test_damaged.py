@@ -145,7 +145,7 @@ def test_crcs_in_the_manifest_and_checked_by_verify(damaged, tmp_path):
     jpeg = open_source(out, "val").read(VICTIM).tobytes()
     data = (out / "val.beton").read_bytes()
     (out / "val.beton").write_bytes(data.replace(jpeg, flip_bytes(jpeg)))
-    from fixres_fast.convert.core import sha256
+    from fixres_fast.convert.outputs import sha256
 
     for f in manifest["splits"]["val"]["files"]:  # a manifest that agrees with the damaged file: only the CRCs see it
         f["sha256"] = sha256(out / f["name"])

@@ -7,7 +7,6 @@ from click.testing import CliRunner
 from fixres_fast import checkpoint
 from fixres_fast.adapt import AdaptConfig, adapt
 from fixres_fast.cli import main
-from fixres_fast.errors import UserError
 from fixres_fast.evaluate import EvalConfig, evaluate
 from fixres_fast.spec import Recipe
 from fixres_fast.train import TrainConfig, train

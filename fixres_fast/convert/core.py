@@ -39,7 +39,7 @@ from .image import WRITE_MODES, prepare
 from .index import escape_path
 from .layout import Layout
 from .manifest import classes_doc, manifest_doc, summarise
-from .outputs import CHECKPOINT_EVERY, PARTIAL, SplitWriter
+from .outputs import CHECKPOINT_EVERY, CRC_SUFFIX, PARTIAL, SplitWriter
 
 LAYOUTS = ("imagenet", "inat", "herbarium", "folder")
 FORMATS = ("beton", "recordio")
@@ -269,7 +269,8 @@ def _drop_stale_partials(cfg: ConvertConfig, out: Path, state: dict, log) -> Non
 
 
 def _clear_outputs(out: Path) -> None:
-    for pattern in ("*.beton", "*.rec", "*.idx", "*.index.tsv", "*" + PARTIAL, MANIFEST, "classes.json", STATE):
+    for pattern in ("*.beton", "*.rec", "*.idx", "*.index.tsv", "*" + CRC_SUFFIX, "*" + PARTIAL, MANIFEST, "classes.json",
+                    STATE):
         for p in out.glob(pattern):
             p.unlink()
 
