@@ -112,7 +112,8 @@ def test_file_names_with_line_breaks_convert_verify_and_load(tmp_path, photos):
     convert(ConvertConfig(layout="folder", src=str(src), out=str(out), workers=1), log=quiet)
     labels, paths = read_index(out / "train.index.tsv")
     assert sorted(p.rsplit("/", 1)[1] for p in paths) == sorted(ODD_NAMES) and list(labels) == [0] * len(ODD_NAMES)
-    assert verify(out, workers=1, log=quiet)["train"] == {"count": len(ODD_NAMES), "beton": "ok", "recordio": "ok"}
+    assert verify(out, workers=1, log=quiet)["train"] == {"count": len(ODD_NAMES), "beton": "ok", "recordio": "ok",
+                                                         "crc32": "ok"}
     assert open_source(out, "train").paths == paths
     loader = make_loader("torch", make_spec("test", 32), out, "train", batch_size=4, workers=1, device="cpu")
     got = torch.cat([lab for _, lab in loader])
@@ -121,12 +122,16 @@ def test_file_names_with_line_breaks_convert_verify_and_load(tmp_path, photos):
 
 # --- empty splits --------------------------------------------------------------------------------
 
-def test_a_split_with_no_images_is_refused(tmp_path):
+def test_a_split_with_no_images_is_refused(tmp_path, photos):
+    one_class_tree(tmp_path, [("a.jpg", lambda p: shutil.copy(photos[0], p))])
     for c in ("a", "b"):
-        (tmp_path / "src" / "train" / c).mkdir(parents=True)
+        (tmp_path / "src" / "val" / c).mkdir(parents=True)
     code, text = run_cli("convert", "folder", tmp_path / "src", tmp_path / "out", "--workers", "1")
     assert code == 1
-    assert "split 'train'" in text and "holds no images" in text
+    assert "split 'val'" in text and "holds no images" in text
+    shutil.rmtree(tmp_path / "src" / "train")  # and a tree with no image at all: refused by the layout
+    code, text = run_cli("convert", "folder", tmp_path / "src", tmp_path / "out", "--workers", "1")
+    assert code == 1 and "no image files" in text
 
 
 def test_a_split_whose_every_file_is_skipped_is_refused(tmp_path):

@@ -16,7 +16,8 @@ def test_demo_runs_the_method_end_to_end(tmp_path):
     # part 1: the sample with bad files was converted, bad files skipped, every record read back
     conv = summary["converters"]
     assert conv["records"] == {"train": 21, "val": 4} and conv["skipped"] == {"train": 3, "val": 2}
-    assert all(v == {"count": conv["records"][s], "beton": "ok", "recordio": "ok"} for s, v in conv["verified"].items())
+    assert all(v == {"count": conv["records"][s], "beton": "ok", "recordio": "ok", "crc32": "ok"}
+               for s, v in conv["verified"].items())
 
     # part 2: three networks (K_train, adapted, K_test) evaluated at 32, 48 and 64 on all 150 val images
     fixres = summary["fixres"]
