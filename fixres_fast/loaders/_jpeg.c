@@ -28,6 +28,25 @@ static void on_message(j_common_ptr cinfo, int level) {
     if (level < 0) ((struct failure *)cinfo->err)->warned = 1; /* corrupt data libjpeg decoded around */
 }
 
+/* The error handling both decoders share: libjpeg's failures jump back to the caller's setjmp, and its warnings
+ * about corrupt data are noted. Call before setjmp. */
+static void init(struct jpeg_decompress_struct *cinfo, struct failure *err) {
+    cinfo->err = jpeg_std_error(&err->mgr);
+    err->mgr.error_exit = on_error;
+    err->mgr.emit_message = on_message;
+    err->warned = 0;
+    jpeg_create_decompress(cinfo);
+}
+
+/* Read the header of JPEG data and set RGB output at 1/denom. Call after setjmp (libjpeg may jump from here). */
+static void open_scaled(struct jpeg_decompress_struct *cinfo, const uint8_t *data, uint64_t size, uint32_t denom) {
+    jpeg_mem_src(cinfo, data, (unsigned long)size);
+    jpeg_read_header(cinfo, TRUE);
+    cinfo->out_color_space = JCS_RGB;
+    cinfo->scale_num = 1;
+    cinfo->scale_denom = denom;
+}
+
 /* Decode rows [top, top + height) x columns [left, left + width) of the image scaled by 1/denom
  * (denom 1, 2, 4 or 8) into dst as RGB rows of held[3] pixels: held = {first row, first column, rows,
  * columns} of the scaled image that dst holds, its columns a superset of the region's.
@@ -40,20 +59,12 @@ int decode_region(const uint8_t *data, uint64_t size, uint32_t denom, int32_t to
     JSAMPROW rows[16];
     int status = 0;
 
-    cinfo.err = jpeg_std_error(&err.mgr);
-    err.mgr.error_exit = on_error;
-    err.mgr.emit_message = on_message;
-    err.warned = 0;
-    jpeg_create_decompress(&cinfo);
+    init(&cinfo, &err);
     if (setjmp(err.jump)) {
         jpeg_destroy_decompress(&cinfo);
         return -1;
     }
-    jpeg_mem_src(&cinfo, data, (unsigned long)size);
-    jpeg_read_header(&cinfo, TRUE);
-    cinfo.out_color_space = JCS_RGB;
-    cinfo.scale_num = 1;
-    cinfo.scale_denom = denom;
+    open_scaled(&cinfo, data, size, denom);
     cinfo.dct_method = JDCT_ISLOW;
     jpeg_start_decompress(&cinfo);
     if (cinfo.output_components != 3 || top < 0 || left < 0 || height < 1 || width < 1 ||
@@ -96,20 +107,12 @@ int check_jpeg(const uint8_t *data, uint64_t size) {
     JSAMPLE row[3 * 4096]; /* one output row at 1/8 scale of an image up to 32768 px wide */
     JSAMPROW rows[1] = {row};
 
-    cinfo.err = jpeg_std_error(&err.mgr);
-    err.mgr.error_exit = on_error;
-    err.mgr.emit_message = on_message;
-    err.warned = 0;
-    jpeg_create_decompress(&cinfo);
+    init(&cinfo, &err);
     if (setjmp(err.jump)) {
         jpeg_destroy_decompress(&cinfo);
         return -1;
     }
-    jpeg_mem_src(&cinfo, data, (unsigned long)size);
-    jpeg_read_header(&cinfo, TRUE);
-    cinfo.out_color_space = JCS_RGB;
-    cinfo.scale_num = 1;
-    cinfo.scale_denom = 8;
+    open_scaled(&cinfo, data, size, 8);
     cinfo.do_fancy_upsampling = FALSE;
     jpeg_start_decompress(&cinfo);
     if ((uint64_t)cinfo.output_width * cinfo.output_components > sizeof(row)) {

@@ -198,35 +198,18 @@ def normalise(src, mean, inv_std, dst):
             dst[3 * p + c] = (np.float32(src[3 * p + c]) - mean[c]) * inv_std[c]
 
 
-def _decode_region_c():
-    lib = ctypes.CDLL(_jpeg.__file__)
-    f = lib.decode_region
-    f.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
-                  ctypes.c_int32, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p]
-    f.restype = ctypes.c_int
+def _c_function(name: str, restype, *argtypes):
+    """Function ``name`` of the ``_jpeg`` extension, called through ctypes (so numba can compile calls to it)."""
+    f = getattr(ctypes.CDLL(_jpeg.__file__), name)
+    f.argtypes, f.restype = list(argtypes), restype
     return f
 
 
-_DECODE_REGION = _decode_region_c()
-
-
-def _check_jpeg_c():
-    f = ctypes.CDLL(_jpeg.__file__).check_jpeg
-    f.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
-    f.restype = ctypes.c_int
-    return f
-
-
-_CHECK_JPEG = _check_jpeg_c()
-
-def _record_crc32_c():
-    f = ctypes.CDLL(_jpeg.__file__).record_crc32
-    f.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
-    f.restype = ctypes.c_uint32
-    return f
-
-
-_RECORD_CRC32 = _record_crc32_c()
+_I32, _U64, _PTR = ctypes.c_int32, ctypes.c_uint64, ctypes.c_void_p
+_DECODE_REGION = _c_function("decode_region", ctypes.c_int, _PTR, _U64, ctypes.c_uint32, _I32, _I32, _I32, _I32, _PTR,
+                             _U64, _PTR)
+_CHECK_JPEG = _c_function("check_jpeg", ctypes.c_int, _PTR, _U64)
+_RECORD_CRC32 = _c_function("record_crc32", ctypes.c_uint32, _PTR, _U64)
 
 
 def record_crc32(data: np.ndarray) -> int:
