@@ -30,7 +30,8 @@ from .data import backend_for, check_res, data_record
 from .distributed import Dist
 from .errors import UserError
 from .evaluate import evaluate_loader, model_from_checkpoint, test_spec
-from .geometry import k_test_calibrated, suggest_k_test
+from .geometry import RESOLUTION_STEP, k_test_calibrated, suggest_k_test
+from .seeds import Stream, seed_for
 from .models import TUNE, adaptation_mode, classifier, split_at, tuned_modules
 from .spec import (AREA_RANGE, AUTO_HOLDOUT, AUTO_IMAGES, AUTO_MIN_HELD_OUT, FINETUNE_LR_BATCH, adapt_epochs,
                    finetune_recipe, make_spec)
@@ -38,7 +39,7 @@ from .runtime import amp_dtype, resolve_device
 from .train import lr_at
 
 AUGS, METHODS, BN_SCOPES = ("test", "test2", "train"), ("finetune", "frechet"), ("last", "all")
-STEP = 32  # candidate test resolutions are multiples of this (Appendix B)
+STEP = RESOLUTION_STEP  # candidate test resolutions are multiples of this (Appendix B)
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def adapt_at(model, job: _Job, k: int, log) -> dict:
     adaptation_mode(model, tuned.values())
     if cached is not None:
         tail, inputs, labels = cached
-        batches = lambda epoch: _shuffled(inputs, labels, cfg.batch_size, cfg.seed * 1009 + epoch)
+        batches = lambda epoch: _shuffled(inputs, labels, cfg.batch_size, seed_for(cfg.seed, 0, epoch, Stream.ADAPT))
         steps = max(1, labels.shape[0] // cfg.batch_size)
     else:
         tail, loader = model, job.loader(k, cfg.aug, training=True)
@@ -404,7 +405,7 @@ def _held_out_top1(model, job: _Job, k: int, n: int, n_fit: int, log) -> float:
         reestimate_bn(tail, tuned.values(), _shuffled(*fit_part, cfg.batch_size, cfg.seed), job.dtype)
     else:
         adaptation_mode(model, tuned.values())
-        fit(tail, list(tuned.values()), lambda e: _shuffled(*fit_part, cfg.batch_size, cfg.seed * 1009 + e),
+        fit(tail, list(tuned.values()), lambda e: _shuffled(*fit_part, cfg.batch_size, seed_for(cfg.seed, 0, e, Stream.ADAPT)),
             max(1, n_fit // cfg.batch_size), cfg.epochs or adapt_epochs(True), job, lambda *_: None)
         model.eval()
     return _top1(tail, tuple(t[n_fit:] for t in inputs), labels[n_fit:])

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .records import MANIFEST, Manifest
 
 SHOWN = 4  # class names (and differences) a message shows before it shortens
 
@@ -38,7 +39,7 @@ def dataset_info(data: str | Path) -> tuple[int, list[str]]:
 
 def manifest_sha256(data: str | Path) -> str | None:
     """SHA-256 (hex) of a conversion's OUT/manifest.json; None for an ImageFolder tree (no manifest)."""
-    manifest = Path(data) / "manifest.json"
+    manifest = Path(data) / MANIFEST
     return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
 
 
@@ -78,12 +79,12 @@ def readable_by(data: str | Path) -> set[str]:
     """The backends that can read ``data``: ffcv needs a .beton; dali JPEG records (RecordIO shards, a JPEG .beton)
     or image files; torch reads them all."""
     data = Path(data)
-    if not (data / "manifest.json").is_file():
+    if not (data / MANIFEST).is_file():
         return {"dali", "torch"}  # an ImageFolder tree: image files
-    manifest = json.loads((data / "manifest.json").read_text())
-    names = [f["name"] for s in manifest.get("splits", {}).values() for f in s.get("files", [])]
+    manifest = Manifest.read(data)
+    names = [n for s in manifest.splits.values() for n in s.names]
     beton, rec = any(n.endswith(".beton") for n in names), any(n.endswith(".rec") for n in names)
-    raw = (manifest.get("options") or {}).get("write_mode") == "raw"
+    raw = manifest.write_mode == "raw"
     return {"torch"} | ({"ffcv"} if beton else set()) | ({"dali"} if rec or (beton and not raw) else set())
 
 
@@ -106,10 +107,9 @@ JPEG_MAX_SIDE = 65535
 def stored_max_side(data: str | Path) -> int | None:
     """The ``--max-side`` (long side, pixels) the records in a conversion's OUT folder were stored with;
     None for an ImageFolder tree (or a folder that is neither), whose images are whatever size they are."""
-    manifest = Path(data) / "manifest.json"
-    if not manifest.is_file():
+    if not (Path(data) / MANIFEST).is_file():
         return None
-    return json.loads(manifest.read_text())["options"]["max_side"]
+    return Manifest.read(data).max_side
 
 
 def check_res(spec, data: str | Path, option: str = "--res") -> int:

@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .records import Manifest
 from .spec import Recipe
 
 
@@ -69,11 +70,12 @@ def converters(out: Path, workers: int, log) -> dict:
     expected = imagenet_tree(src)
     log(f"built {src}: {expected['train']} train + {expected['val']} val usable images, "
         f"{len(expected['skipped'])} bad or unannotated files")
-    manifest = convert(ConvertConfig(layout="imagenet", src=str(src), out=str(out / "records"), workers=workers,
-                                     shards=2, overwrite=True), log=log)
+    convert(ConvertConfig(layout="imagenet", src=str(src), out=str(out / "records"), workers=workers, shards=2,
+                          overwrite=True), log=log)
+    splits = Manifest.read(out / "records").splits
     report_ = verify(out / "records", workers=workers, log=log)
-    return {"records": {name: s["count"] for name, s in manifest["splits"].items()},
-            "skipped": {name: len(s["skipped"]) for name, s in manifest["splits"].items()}, "verified": report_}
+    return {"records": {name: s.count for name, s in splits.items()},
+            "skipped": {name: len(s.skipped) for name, s in splits.items()}, "verified": report_}
 
 
 def fixres(out: Path, cfg: DemoConfig, log) -> dict:

@@ -1,34 +1,46 @@
 """The mathematics of the augmentation modes in :mod:`fixres_fast.spec`: where each crop lies.
 
 Boxes are ``(top, left, h, w)`` in pixels of the image they index. The functions use only
-``math`` and ``numpy.random`` on scalars and are numba-compiled (when numba is installed), so the
-FFCV decoder calls them from its compiled loop and Python calls the same code; their random
-draws come from numba's generator, which :func:`seed` seeds (``np.random.seed`` does not).
+``math`` and ``numpy.random`` on scalars and are numba-compiled, so the FFCV decoder calls them from
+its compiled loop and Python calls the same code (:func:`plain`: without numba); their random draws
+come from numba's generator, which :func:`seed` seeds (``np.random.seed`` does not).
 
 * Train DA: :func:`random_resized_crop` is torchvision's ``RandomResizedCrop.get_params``,
   rejection loop and centre-crop fallback included (Sec. 3.1: sigma^2 ~ U(area_range),
   ln alpha ~ U(ln aspect_range)).
 * Test DA: resize the short side to K_test^image (:func:`resized_size`), then centre crop
-  K_test (:func:`centre_left`); :func:`source_box` maps that crop back to the input image for
-  backends that crop first and resize second.
+  K_test (:func:`centre_left`): :func:`test_window`, which every backend calls; :func:`test_box` maps
+  that crop back to the input image for code that crops first and resizes second.
 * Test DA2: the same resize, then the crop's left edge at ``round(position * slack)`` with
   ``position ~ U(da2_position_range(shift))``; it stays vertically centred.
+* Appendix B: candidate test resolutions are multiples of :data:`RESOLUTION_STEP`.
 """
 from __future__ import annotations
 
 import math
+import types
+from functools import cache
+from typing import NamedTuple
 
 import numpy as np
+from numba import njit
 
 from .spec import AREA_RANGE, RESIZE_RATIO, k_test_image
 
-try:
-    from numba import njit
-except ImportError:  # the same functions, in plain Python
-    def njit(**_):
-        return lambda fn: fn
-
 jit = njit(cache=True)
+
+#: px. The activation map's size changes at multiples of 32 (ResNet-50's stride), so the paper tests only those
+#: resolutions (Appendix B): candidate and suggested test resolutions are multiples of it.
+RESOLUTION_STEP = 32
+
+
+@cache
+def plain(fn):
+    """The plain-Python body of one of this module's compiled functions, calling the plain bodies of the
+    others (a forked DataLoader worker can deadlock in numba's compiled code)."""
+    body = fn.py_func
+    names = {k: getattr(v, "py_func", v) for k, v in globals().items()}
+    return types.FunctionType(body.__code__, names, body.__name__, body.__defaults__)
 
 
 @jit
@@ -105,38 +117,36 @@ def source_box(top, left, crop, height, width, resize_short):
     return int(round(top * sy)), int(round(left * sx)), max(1, int(round(crop * sy))), max(1, int(round(crop * sx)))
 
 
+class TestWindow(NamedTuple):
+    """Test DA's K_test x K_test window (DA2's, shifted): the image resized to ``resized_h`` x ``resized_w``
+    (its short side K_test^image), and the window's top-left corner ``(top, left)`` in that resized image."""
+
+    resized_h: int
+    resized_w: int
+    top: int
+    left: int
+
+
+@jit
+def test_window(height, width, k_test, resize_short, position):
+    """The :class:`TestWindow` of a ``height`` x ``width`` image: test DA with ``position`` = 0.5 (centred),
+    test DA2 with ``position`` drawn from :func:`da2_position_range` by the caller. Vertically centred."""
+    rh, rw = resized_size(height, width, resize_short)
+    return TestWindow(rh, rw, centre_left(rh, k_test), da2_left(rw - k_test, position))  # 0.5: centre_left(rw, k)
+
+
+@jit
+def drawn_test_window(height, width, k_test, resize_short, position_lo, position_hi):
+    """:func:`test_window` at ``position ~ U(position_lo, position_hi)`` (numba's generator, see :func:`seed`);
+    (0.5, 0.5) is test DA, :func:`da2_position_range` test DA2."""
+    return test_window(height, width, k_test, resize_short, np.random.uniform(position_lo, position_hi))
+
+
 @jit
 def test_box(height, width, k_test, resize_short, position):
-    """Input-image box of test DA (``position`` = 0.5) or test DA2 (``position`` drawn by the caller)."""
-    rh, rw = resized_size(height, width, resize_short)
-    top = centre_left(rh, k_test)
-    left = da2_left(rw - k_test, position)  # position 0.5 is centre_left(rw, k_test)
-    return source_box(top, left, k_test, height, width, resize_short)
-
-
-#: libjpeg's DCT scalings, largest first: a JPEG decodes at 1/8, 1/4, 1/2 or full size for the cost of its
-#: entropy decoding plus a smaller inverse DCT. Output pixel j of a 1/s decode covers input pixels [j*s, (j+1)*s).
-DCT_SCALES = (8, 4, 2, 1)
-#: Where the scaled IDCT does the whole downscale (a box of exactly s*K px, as test DA at 224 on a 512-px
-#: image), the antialiased resize that follows degenerates to a copy and the reference's antialias blur
-#: (bilinear taps 1, 3, 3, 1 / 8 at scale 2) is missing: these taps, on each axis, stand in for it. On the test
-#: photos they bring the mean difference to the reference from ~2.9 grey levels to ~1.1.
-IDCT_BLUR_TAPS = (0.1, 0.8, 0.1)
-
-
-@jit
-def dct_reduction(region_w, region_h, out_w, out_h):
-    """The largest s in :data:`DCT_SCALES` at which a ``region_w`` x ``region_h`` px region, decoded at 1/s,
-    still spans at least ``out_w`` x ``out_h`` px: reduced decoding never adds upsampling."""
-    for s in DCT_SCALES:
-        if region_w >= s * out_w and region_h >= s * out_h:
-            return s
-    return 1
-
-
-def area_fraction_and_aspect(h, w, height, width):
-    """What a crop box is in the paper's variables: sigma^2 = hw / HW and alpha = w / h."""
-    return (h * w) / (height * width), w / h
+    """Input-image box ``(top, left, h, w)`` of :func:`test_window` (same arguments)."""
+    window = test_window(height, width, k_test, resize_short, position)
+    return source_box(window.top, window.left, k_test, height, width, resize_short)
 
 
 # Apparent object size (Sec. 3.1, Eq. 1-5) and the test resolution that calibrates it (Sec. 4.1, Appendix B).
@@ -178,7 +188,7 @@ def k_test_calibrated(k_train, resize_ratio=RESIZE_RATIO, area_range=AREA_RANGE)
     return k_train / (scale_factor_f(area_range) * resize_ratio)
 
 
-def suggest_k_test(k_train, resize_ratio=RESIZE_RATIO, area_range=AREA_RANGE, step=32):
-    """The calibrated K_test rounded to the nearest multiple of ``step`` (Appendix B: the activation map's
-    size changes at multiples of 32, so the paper tests only those); 288 for K_train = 224."""
+def suggest_k_test(k_train, resize_ratio=RESIZE_RATIO, area_range=AREA_RANGE, step=RESOLUTION_STEP):
+    """The calibrated K_test rounded to the nearest multiple of ``step`` (:data:`RESOLUTION_STEP`, Appendix B);
+    288 for K_train = 224."""
     return max(step, step * int(math.floor(k_test_calibrated(k_train, resize_ratio, area_range) / step + 0.5)))

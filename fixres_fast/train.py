@@ -28,6 +28,7 @@ from .distributed import Dist, all_sum, barrier, setup, teardown
 from .errors import UserError
 from .evaluate import evaluate_loader
 from .models import build_model
+from .seeds import Stream, seed_for
 from .runtime import amp_dtype, resolve_device
 from .spec import IMAGENET_MEAN, IMAGENET_STD, Recipe, TestDA, make_spec
 
@@ -258,7 +259,7 @@ class _Run:
         its steps before the stop are in the state), or None when a stop was requested (checkpoint written)."""
         cfg, d, state = self.cfg, self.d, self.state
         loader.set_epoch(epoch)
-        torch.manual_seed(cfg.seed * 100003 + epoch * 1009 + d.rank)  # augmentations drawn from torch's RNG
+        torch.manual_seed(seed_for(cfg.seed, d.rank, epoch, Stream.TRAIN))  # augmentations drawn from torch's RNG
         self.net.train()
         skip, n, batch = state["step"], len(loader), cfg.recipe.batch_size
         total = torch.zeros((), device=d.device)

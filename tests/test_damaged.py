@@ -235,3 +235,27 @@ def test_train_with_the_auto_backend_on_an_image_folder_tree(damaged, tmp_path):
                                     "--workers", "1", "--out", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "run" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("damage", ["cut", "no splits", "not an object"])
+def test_a_damaged_manifest_is_one_line_for_every_reader(damaged, tmp_path, damage):
+    """verify (through the CLI), the loaders and the auto backend all say the manifest is damaged, in one line."""
+    from click.testing import CliRunner
+
+    from fixres_fast.cli import main
+
+    out = tmp_path / "out"
+    shutil.copytree(damaged[0], out)
+    text = (out / "manifest.json").read_text()
+    doc = json.loads(text)
+    doc.pop("splits")
+    (out / "manifest.json").write_text({"cut": text[: len(text) // 2], "no splits": json.dumps(doc),
+                                        "not an object": "[1, 2]"}[damage])
+    res = CliRunner().invoke(main, ["convert", "verify", str(out)])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "is not the manifest a conversion writes" in lines[0] and "re-convert" in lines[0]
+    for read in (lambda: open_source(out, "val"), lambda: backend_for("auto", torch.device("cpu"), out)):
+        with pytest.raises(UserError, match="manifest.json is not the manifest a conversion writes") as e:
+            read()
+        assert "\n" not in str(e.value)

@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 from fixres_fast.errors import UserError
-from fixres_fast.loaders import BACKENDS, RecordError, make_loader
+from fixres_fast.loaders import BACKENDS, RecordError, dct, make_loader
 from fixres_fast import geometry
 from fixres_fast.spec import ASPECT_RANGE, IMAGENET_MEAN, IMAGENET_STD, make_spec
 
@@ -144,7 +144,7 @@ def test_test_da_agrees_with_torchvision(test_batches, backend, mean_tol, max_to
 @pytest.mark.parametrize("backend", ["torch", "ffcv"])
 def test_reduced_decode_batches_agree_with_full_decode(test_batches, backend):
     # the photos are stored at 512 px: test DA at 224 decodes them at 1/2 size, where the IDCT does the whole
-    # downscale (the reference's blur is stood in for by geometry.IDCT_BLUR_TAPS)
+    # downscale (the reference's blur is stood in for by dct.IDCT_BLUR_TAPS)
     for split in ("val", "train"):
         (ref, ref_labels), (got, labels) = test_batches[backend][split], test_batches[f"{backend}_reduced"][split]
         assert labels.tolist() == ref_labels.tolist()
@@ -419,7 +419,7 @@ def test_raw_records_give_the_same_batches_from_ffcv_and_torch(raw_records):
 
 
 def test_reduction_rule():
-    reduction = geometry.dct_reduction
+    reduction = dct.dct_reduction
 
     assert reduction(448, 448, 224, 224) == 2 and reduction(447.9, 448, 224, 224) == 1
     assert reduction(512, 512, 128, 128) == 4 and reduction(2048, 1800, 224, 224) == 8 and reduction(100, 100, 224, 224) == 1

@@ -30,8 +30,7 @@ def regions(spec, sizes):
     """Per record: the DCT scale and the region (top, left, height, width) at that scale that the ffcv decoder decodes."""
     box, k, out = box_function(spec), spec.size, []
     for h, w in sizes:
-        top, left, bh, bw, scale_y, scale_x, off_y, off_x = box(np.int64(h), np.int64(w))
-        s, _, region = kernels.reduced_box(h, w, k, True, top, left, bh, bw, scale_y, scale_x, off_y, off_x)
+        s, _, _, region = kernels.reduced_box(h, w, k, True, box(np.int64(h), np.int64(w)))
         out.append((s, *region))
     return out
 

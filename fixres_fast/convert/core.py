@@ -33,6 +33,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..records import MANIFEST, Manifest
 from ..spec import k_test_image
 from . import folder, herbarium, imagenet, inat, transcode
 from .image import WRITE_MODES, prepare
@@ -45,7 +46,6 @@ LAYOUTS = ("imagenet", "inat", "herbarium", "folder")
 FORMATS = ("beton", "recordio")
 STATE = ".convert-state.json"
 LOCK = ".convert.lock"  # held (flock) by the conversion writing OUT; names its pid and host
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def _convert_locked(cfg: ConvertConfig, layout: Layout, listing: dict, out: Path
     state = _start_or_resume(cfg, out, listing, log)
     if state.get("complete"):
         log(f"{out} already holds this conversion, complete; nothing to do")
-        return json.loads((out / MANIFEST).read_text())
+        return Manifest.read(out).to_dict()
     for name, split in layout.splits.items():
         if name not in state["splits"] and not split.items:
             raise _empty_split(name, layout, [{"path": p, "reason": r} for p, r in split.skipped])
@@ -147,11 +147,11 @@ def _convert_locked(cfg: ConvertConfig, layout: Layout, listing: dict, out: Path
             _write_json(out / STATE, state)
     manifest = manifest_doc(cfg, layout, state["splits"], listing)
     _write_json(out / "classes.json", classes_doc(layout, state["splits"]))
-    _write_json(out / MANIFEST, manifest)
+    _write_json(out / MANIFEST, manifest.to_dict())
     state["complete"] = True
     _write_json(out / STATE, state)
     summarise(manifest, out, log)
-    return manifest
+    return manifest.to_dict()
 
 
 def _worker_start(lock_fd: int) -> None:

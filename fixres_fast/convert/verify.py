@@ -6,7 +6,6 @@ image decodes, and that record counts and labels match the manifest's index.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 
 from ..compat import quiet_numba_finalizers
 from ..errors import UserError
-from .core import MANIFEST
+from ..records import Manifest, Split
 from .index import read_index
 from .outputs import CRC_SUFFIX, sha256
 
@@ -28,18 +27,16 @@ class VerifyError(UserError):
 
 def verify(out: str | Path, workers: int = 0, log=print) -> dict:
     out = Path(out)
-    if not (out / MANIFEST).is_file():
-        raise UserError(f"{out} has no {MANIFEST}: it is not a finished conversion (run `fixres-fast convert` first)")
-    manifest = json.loads((out / MANIFEST).read_text())
+    manifest = Manifest.read(out)
     workers = workers or os.cpu_count() or 1
     report = {}
-    for name, split in manifest["splits"].items():
+    for name, split in manifest.splits.items():
         _check_files(out, split)
-        labels = expected_labels(out / split["index"])
-        if len(labels) != split["count"]:
-            raise VerifyError(f"{name}: index lists {len(labels)} records, manifest says {split['count']}")
-        names = [f["name"] for f in split["files"]]
-        report[name] = {"count": split["count"]}
+        labels = expected_labels(out / split.index)
+        if len(labels) != split.count:
+            raise VerifyError(f"{name}: index lists {len(labels)} records, manifest says {split.count}")
+        names = split.names
+        report[name] = {"count": split.count}
         if name + CRC_SUFFIX in names:
             _check_crcs(out, name, manifest, len(labels))
             report[name]["crc32"] = "ok"
@@ -47,12 +44,12 @@ def verify(out: str | Path, workers: int = 0, log=print) -> dict:
         if beton:
             _compare(name, "beton", read_beton_labels(out / beton[0], workers, f"verify {name} beton"), labels)
             report[name]["beton"] = "ok"
-        if split.get("recordio"):
-            rio = split["recordio"]
-            got = read_recordio_labels([out / r for r in rio["rec"]], out / rio["idx"], workers, f"verify {name} recordio")
+        if split.recordio:
+            rio = split.recordio
+            got = read_recordio_labels([out / r for r in rio.rec], out / rio.idx, workers, f"verify {name} recordio")
             _compare(name, "recordio", got, labels)
             report[name]["recordio"] = "ok"
-        log(f"{name}: {split['count']} records; "
+        log(f"{name}: {split.count} records; "
             + ", ".join(f"{k} ok" for k in ("crc32", "beton", "recordio") if k in report[name]))
     return report
 
@@ -61,16 +58,16 @@ def expected_labels(index_path: Path) -> np.ndarray:
     return read_index(index_path)[0]
 
 
-def _check_files(out: Path, split: dict) -> None:
-    for f in split["files"]:
-        p = out / f["name"]
+def _check_files(out: Path, split: Split) -> None:
+    for f in split.files:
+        p = out / f.name
         if not p.is_file():
             raise VerifyError(f"{p} is missing")
-        if p.stat().st_size != f["bytes"] or sha256(p) != f["sha256"]:
+        if p.stat().st_size != f.bytes or sha256(p) != f.sha256:
             raise VerifyError(f"{p} does not match the checksum in the manifest: it changed or is damaged")
 
 
-def _check_crcs(out: Path, name: str, manifest: dict, count: int) -> None:
+def _check_crcs(out: Path, name: str, manifest: Manifest, count: int) -> None:
     """Every record's bytes, in each format, against the CRC-32 the conversion recorded (one pass, no decode)."""
     import zlib
 

@@ -35,7 +35,7 @@ class LoaderConfig:
     training: bool | None = None  # shuffle + RA + drop last partial batch; None: only for train DA
     #: ffcv backend, and torch backend on the CPU: draw the crop box on the full-size image (same law and
     #: draws), then let libjpeg decode at 1/2, 1/4 or 1/8 size when the box still spans at least K x K
-    #: pixels there (geometry.dct_reduction: it never adds upsampling), and resize from that. Same boxes;
+    #: pixels there (dct.dct_reduction: it never adds upsampling), and resize from that. Same boxes;
     #: pixels within a few grey levels of the full decode. False: full decodes (torch: the reference).
     reduced_decode: bool = True
     #: A damaged record (its bytes' CRC-32 differs from the conversion's, or, without CRCs, libjpeg fails or warns

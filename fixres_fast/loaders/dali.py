@@ -8,8 +8,9 @@ follow the same law as the other backends and evaluation epochs end exactly, the
 * train DA: the RoC drawn by :func:`fixres_fast.geometry.random_resized_crop` in the feed (see
   :func:`roc_boxes`), decoded with the fused ROI decoder ``decoders.image_slice``, resized to
   K_train, colour twist, random mirror.
-* test DA / test DA2: full decode, resize the short side to K_test^image, crop K_test at
-  ``crop_pos_x`` 0.5 (test DA) or ``U(da2_position_range(shift))`` (test DA2), mirror, twist.
+* test DA / test DA2: the window drawn by :func:`fixres_fast.geometry.drawn_test_window` in the feed (see
+  :func:`test_windows`; centred, or at ``U(da2_position_range(shift))`` for test DA2); full decode, resize
+  the short side to K_test^image, crop the window, mirror, twist.
 """
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ import weakref
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
-from nvidia.dali import math as dmath
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from .. import geometry
 from ..errors import UserError
+from ..seeds import Stream, seed_for
 from ..spec import TestDA2, TrainDA
 from .common import BatchLoader, LoaderConfig, to_batch, workers
 
@@ -64,7 +65,18 @@ def _batch(source, spec, idx):
     if isinstance(spec, TrainDA):  # and the RoCs' anchors and shapes
         boxes = roc_boxes(jpegs, spec)
         return jpegs, labels, boxes[:, :2].copy(), boxes[:, 2:].copy()
-    return jpegs, labels
+    return jpegs, labels, test_windows(jpegs, spec)  # and the test windows
+
+
+def _size(data) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's header, or None where it is not an image (DALI then reports the record)."""
+    from PIL import Image
+
+    try:
+        width, height = Image.open(io.BytesIO(data)).size
+    except Exception:
+        return None
+    return height, width
 
 
 def roc_boxes(jpegs, spec) -> np.ndarray:
@@ -74,53 +86,56 @@ def roc_boxes(jpegs, spec) -> np.ndarray:
     torchvision on elongated images (a 4:1 image: KS p ~ 1e-7), so the RoC is drawn here and
     decoded with the fused ROI decoder ``decoders.image_slice``.
     """
-    from PIL import Image
-
-    boxes = np.empty((len(jpegs), 4), np.float32)
+    boxes = np.zeros((len(jpegs), 4), np.float32)  # not an image: decoded whole, so DALI reports the record
     for b, data in enumerate(jpegs):
-        try:
-            width, height = Image.open(io.BytesIO(data)).size
-        except Exception:  # not an image: decode it whole, so DALI reports the record
-            boxes[b] = (0, 0, 0, 0)
-            continue
-        top, left, h, w = geometry.random_resized_crop(height, width, *spec.area_range, *spec.aspect_range, spec.max_attempts)
-        boxes[b] = (left, top, w, h)
+        size = _size(data)
+        if size is not None:
+            top, left, h, w = geometry.random_resized_crop(*size, *spec.area_range, *spec.aspect_range, spec.max_attempts)
+            boxes[b] = (left, top, w, h)
     return boxes
 
 
-def decode_and_crop(jpegs, anchor, shape, spec, decoder: str):
-    """The mode's decode + geometry: HWC uint8 images, not yet mirrored or jittered."""
+def test_windows(jpegs, spec) -> np.ndarray:
+    """Test DA's (DA2's) window per image, :func:`fixres_fast.geometry.drawn_test_window` from the JPEG header's
+    size, as (resized height, resized width, crop_pos_y, crop_pos_x) for ``resize`` and ``crop_mirror_normalize``."""
+    k, short = spec.k_test, spec.resize_short
+    lo, hi = geometry.da2_position_range(spec.shift) if isinstance(spec, TestDA2) else (0.5, 0.5)
+    windows = np.full((len(jpegs), 4), (k, k, 0, 0), np.float32)  # not an image: DALI reports the record
+    for b, data in enumerate(jpegs):
+        size = _size(data)
+        if size is not None:
+            rh, rw, top, left = geometry.drawn_test_window(*size, k, short, lo, hi)
+            windows[b] = (rh, rw, _crop_pos(top, rh - k), _crop_pos(left, rw - k))
+    return windows
+
+
+def _crop_pos(offset: int, slack: int) -> float:
+    """DALI's normalised crop_pos for a window ``offset`` px in (of ``slack``): DALI rounds ``crop_pos * slack``,
+    so aim a quarter pixel past the offset (a flush-right window: exactly at it), which lands on it."""
+    return min((offset + 0.25) / max(slack, 1), 1.0)
+
+
+def decode_and_crop(jpegs, placement, spec, decoder: str):
+    """The mode's decode + geometry: HWC uint8 images, not yet mirrored or jittered. ``placement``: what the feed
+    drew per image (:func:`_batch`): the RoC's (anchor, shape), or the test window."""
     if isinstance(spec, TrainDA):
+        anchor, shape = placement
         images = fn.decoders.image_slice(jpegs, anchor, shape, device=decoder, output_type=types.RGB, axis_names="WH",
                                          normalized_anchor=False, normalized_shape=False)
         return fn.resize(images, size=[spec.k_train, spec.k_train], antialias=True, interp_type=types.INTERP_LINEAR), {}
-    shape = fn.peek_image_shape(jpegs, dtype=types.INT64)
-    height, width, short = shape[0], shape[1], spec.resize_short
-    rh, rw = dmath.max(short, short * height // width), dmath.max(short, short * width // height)  # geometry.resized_size
+    window, = placement
     images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
-    images = fn.resize(images, resize_x=fn.cast(rw, dtype=types.FLOAT), resize_y=fn.cast(rh, dtype=types.FLOAT),
-                       antialias=True, interp_type=types.INTERP_LINEAR)
+    images = fn.resize(images, resize_x=window[1], resize_y=window[0], antialias=True, interp_type=types.INTERP_LINEAR)
     k = spec.k_test
-    if isinstance(spec, TestDA2):
-        position_x = fn.random.uniform(range=list(geometry.da2_position_range(spec.shift)))
-    else:
-        position_x = _centre_position(rw - k)
-    return images, {"crop": (k, k), "crop_pos_x": position_x, "crop_pos_y": _centre_position(rh - k)}
-
-
-def _centre_position(slack):
-    """crop_pos for geometry.centre_left: torchvision rounds half to even; +0.25 makes DALI's rounding land there."""
-    half = slack // 2
-    left = half + (slack % 2) * (half % 2)
-    return (left + 0.25) / dmath.max(slack, 1)
+    return images, {"crop": (k, k), "crop_pos_x": window[3], "crop_pos_y": window[2]}
 
 
 @pipeline_def
 def fixres_pipeline(feed, spec, decoder: str):
-    outputs = 4 if isinstance(spec, TrainDA) else 2  # see _Feed
+    outputs = 4 if isinstance(spec, TrainDA) else 3  # see _batch
     jpegs, labels, *box = fn.external_source(source=feed, num_outputs=outputs, batch=True, cycle="raise",
                                              dtype=[types.UINT8, types.INT32, types.FLOAT, types.FLOAT][:outputs])
-    images, crop = decode_and_crop(jpegs, *(box or (None, None)), spec, decoder)
+    images, crop = decode_and_crop(jpegs, box, spec, decoder)
     j = getattr(spec, "jitter", 0.0)
     if j:
         factor = dict(range=[max(0.0, 1 - j), 1 + j])
@@ -141,8 +156,8 @@ class DALILoader(BatchLoader):
         super().__init__(spec, source, config)
         cuda = self.device.type == "cuda"
         self.feed = _Feed(self, workers(config))
-        geometry.seed(config.seed * 1009 + config.rank)
-        seed = int(np.random.SeedSequence([config.seed, config.rank]).generate_state(1)[0] >> 1)
+        geometry.seed(seed_for(config.seed, config.rank, 0, Stream.AUGMENT))
+        seed = seed_for(config.seed, config.rank, 0, Stream.PIPELINE)
         self.pipe = fixres_pipeline(self.feed, spec, "mixed" if cuda else "cpu", batch_size=config.batch_size,
                                     num_threads=workers(config), device_id=self.device.index if cuda else None,
                                     seed=seed, prefetch_queue_depth=2)

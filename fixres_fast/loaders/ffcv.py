@@ -4,7 +4,7 @@
 RoC law; test DA's and test DA2's resize-then-crop window of the resized image), decodes only the
 rows and columns of the record that the box's resampling reads (:func:`.kernels.decode_region`:
 libjpeg skips the rows above, stops below and crops the columns), at the smallest DCT scale that
-keeps the box at least K x K pixels (``reduced_decode``; :func:`~fixres_fast.geometry.dct_reduction`),
+keeps the box at least K x K pixels (``reduced_decode``; :func:`~fixres_fast.loaders.dct.dct_reduction`),
 resamples the box with PIL's antialiased bilinear filter (the reference's), then flips and jitters
 in place (:mod:`.kernels`). FFCV's own decoders ignore libjpeg's return code and would hand
 over a stale buffer for a damaged record; this one writes :data:`SENTINEL` instead where libjpeg fails or
@@ -14,7 +14,7 @@ the whole record, :func:`.kernels.check_jpeg`, about as slow as the rest of the 
 that record, naming it, or leaves it out (``on_corrupt``). The order is a ``TraversalOrder`` that
 reads :class:`~fixres_fast.loaders.sampler.RASampler`, so sharding and RA follow the common law.
 
-Seeding: each position of an epoch gets a key drawn from (seed, rank, epoch), carried to the
+Seeding: each position of an epoch gets a key drawn from (seed, rank, epoch) (:mod:`..seeds`), carried to the
 compiled decoder behind the order's ids (:func:`.kernels.keyed_order`); the decoder seeds numba's
 generator with it before a sample's draws. So the boxes, flips and jitter follow the seed and the
 epoch, not the thread that decodes the sample, and the RA copies of an image get their own draws.
@@ -35,6 +35,7 @@ from ffcv.traversal_order.base import TraversalOrder
 from .. import geometry
 from ..geometry import seed as seed_draws
 from ..errors import UserError
+from ..seeds import Stream, seed_for
 from ..spec import TestDA2, TrainDA
 from . import kernels
 from .common import BatchLoader, LoaderConfig, to_batch, workers
@@ -44,7 +45,7 @@ SENTINEL = ((np.arange(24) * 37 + 11) % 256).astype(np.uint8).reshape(8, 3)
 
 
 def box_function(spec):
-    """A compiled ``box(height, width)`` -> the region to resample and how (see :func:`.kernels.resample`).
+    """A compiled ``box(height, width)`` -> the :class:`.kernels.Resampling`: the region to resample and how.
 
     Train DA: the RoC, resized to K x K. Test DA / DA2: the whole image, resized so its short
     side is K_test^image, of which the K_test window at the centre (DA2: shifted) is computed.
@@ -52,20 +53,20 @@ def box_function(spec):
     k = spec.size
     if isinstance(spec, TrainDA):
         (a_lo, a_hi), (r_lo, r_hi), n = spec.area_range, spec.aspect_range, spec.max_attempts
-        rrc = geometry.random_resized_crop
+        rrc, resampling = geometry.random_resized_crop, kernels.Resampling
 
         def box(height, width):
             top, left, h, w = rrc(height, width, a_lo, a_hi, r_lo, r_hi, n)
-            return top, left, h, w, h / k, w / k, 0, 0
+            return resampling(top, left, h, w, h / k, w / k, 0.0, 0.0)
     else:
         short = spec.resize_short
         lo, hi = geometry.da2_position_range(spec.shift) if isinstance(spec, TestDA2) else (0.5, 0.5)
-        resized_size, centre_left, da2_left = geometry.resized_size, geometry.centre_left, geometry.da2_left
+        drawn_test_window, resampling = geometry.drawn_test_window, kernels.Resampling
 
         def box(height, width):
-            rh, rw = resized_size(height, width, short)
-            position = np.random.uniform(lo, hi)
-            return 0, 0, height, width, height / rh, width / rw, centre_left(rh, k), da2_left(rw - k, position)
+            window = drawn_test_window(height, width, k, short, lo, hi)
+            return resampling(0, 0, height, width, height / window.resized_h, width / window.resized_w,
+                              float(window.top), float(window.left))
     return Compiler.compile(box)
 
 
@@ -118,12 +119,10 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
                 field = metadata[batch_indices[dst_ix]]
                 image_data = mem_read(field['data_ptr'], storage_state)
                 height, width = np.int64(field['height']), np.int64(field['width'])
-                top, left, h, w, scale_y, scale_x, off_y, off_x = box(height, width)
                 jpeg = field['mode'] == 0
                 # a JPEG decodes at 1/s where the K x K output still needs no upsampling, and only the region
                 # of it that the resampling reads
-                s, (r_top, r_left, r_h, r_w, sy, sx, o_y, o_x, blur), region = reduced_box(
-                    height, width, k, reduce and jpeg, top, left, h, w, scale_y, scale_x, off_y, off_x)
+                s, at_s, blur, region = reduced_box(height, width, k, reduce and jpeg, box(height, width))
                 status, i = 0, batch_indices[dst_ix]
                 if verdicts[i] == 0:  # once per record
                     if has_crc:  # the CRC-32 the conversion recorded: tens of microseconds
@@ -134,10 +133,10 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
                     temp_buffer, held = temp_storage[dst_ix].reshape(-1), regions[dst_ix]
                     status = decode_region(image_data, s, region[0], region[1], region[2], region[3], temp_buffer, held)
                     pixels = temp_buffer[:3 * held[2] * held[3]].reshape(held[2], held[3], 3)
-                    src_top, src_left = r_top - held[0], r_left - held[1]  # the box's corner in what was decoded
+                    src_top, src_left = at_s.top - held[0], at_s.left - held[1]  # the box's corner in what was decoded
                 else:
                     pixels = image_data.reshape(height, width, 3)
-                    src_top, src_left = r_top, r_left
+                    src_top, src_left = at_s.top, at_s.left
                 if verdicts[i] == 2:
                     status = -4
                 out = destination[dst_ix]
@@ -145,7 +144,8 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
                     out[:] = 0
                     out[0, :8] = sentinel
                 else:
-                    resample(pixels, src_top, src_left, r_h, r_w, sy, sx, o_y, o_x, out, blur)
+                    resample(pixels, src_top, src_left, at_s.height, at_s.width, at_s.scale_y, at_s.scale_x, at_s.off_y,
+                             at_s.off_x, out, blur)
                     if flip and np.random.random() < 0.5:
                         flip_in_place(out)
                     if jitter > 0:
@@ -169,7 +169,8 @@ class SamplerOrder(TraversalOrder):
         """The sampler's ids for the owner's epoch (FFCV's own count, ``epoch``, is not used), keyed."""
         owner, config = self.owner, self.owner.config
         indices = owner.epoch_indices()  # epoch_length ids: the decoder reads their keys epoch_length places on
-        keys = np.random.default_rng([config.seed, config.rank, owner.epoch]).integers(2 ** 32, size=len(indices))
+        rng = np.random.default_rng(seed_for(config.seed, config.rank, owner.epoch, Stream.AUGMENT))
+        keys = rng.integers(2 ** 32, size=len(indices))
         return kernels.keyed_order(indices, keys)
 
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import ctypes
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
-from ..geometry import IDCT_BLUR_TAPS, dct_reduction
+from .dct import IDCT_BLUR_TAPS, dct_reduction
 from . import _jpeg
 
 
@@ -54,7 +55,7 @@ def filter_taps(n_out, region_size, scale, offset):
 
 @njit(cache=True)
 def blur_taps(n_out, region_size, offset):
-    """:func:`filter_taps` for a copy (scale 1, whole-pixel ``offset``) blurred by ``geometry.IDCT_BLUR_TAPS``;
+    """:func:`filter_taps` for a copy (scale 1, whole-pixel ``offset``) blurred by ``dct.IDCT_BLUR_TAPS``;
     a pixel at the region's edge is copied, as PIL's 3 x 3 filters leave the border."""
     first = np.zeros(n_out, np.int64)
     count = np.zeros(n_out, np.int64)
@@ -77,22 +78,56 @@ def tap_span(n_out, region_size, scale, offset, idct_blur):
     return first[0], first[n_out - 1] + count[n_out - 1]
 
 
+class Resampling(NamedTuple):
+    """What :func:`resample` resizes into a K x K output: the region ``top, left, height, width`` of the source
+    (px), at ``scale_y, scale_x`` source px per output px, and the output window's offset ``off_y, off_x`` in the
+    resized region (output px, may be fractional: test DA's crop in the resized image; 0 for train DA)."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    scale_y: float
+    scale_x: float
+    off_y: float
+    off_x: float
+
+
+class Region(NamedTuple):
+    """A rectangle of pixels (px): what :func:`decode_region` decodes."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+class ReducedBox(NamedTuple):
+    """Where to decode a box (:func:`reduced_box`): at 1/``scale``, the :class:`Resampling` in the image at that
+    scale, whether the resampling is a copy to blur (``idct_blur``), and the :class:`Region` it reads."""
+
+    scale: int
+    resampling: Resampling
+    idct_blur: bool
+    decode: Region
+
+
 @njit(cache=True)
-def reduced_box(height, width, k, reduce, top, left, h, w, scale_y, scale_x, off_y, off_x):
-    """Where to decode a box drawn on the full-size ``height`` x ``width`` image (with :func:`resample`'s arguments
-    for a K x K output): the DCT scale 1/s (with ``reduce``, the smallest that needs no upsampling,
-    :func:`~fixres_fast.geometry.dct_reduction`; else 1); ``(top, left, h, w, scale_y, scale_x, off_y, off_x,
-    idct_blur)`` for :func:`resample` in the image at 1/s (the box's whole-pixel hull, its fractional start as an
-    output offset); and the ``(top, left, h, w)`` of the pixels that resampling reads, the region to decode."""
-    s = dct_reduction(scale_x * k, scale_y * k, k, k) if reduce else 1
-    sy, sx, y0, x0 = scale_y / s, scale_x / s, top / s, left / s
+def reduced_box(height, width, k, reduce, box):
+    """Where to decode ``box`` (a :class:`Resampling` for a K x K output, drawn on the full-size ``height`` x
+    ``width`` image), as a :class:`ReducedBox`: the DCT scale 1/s (with ``reduce``, the smallest that needs no
+    upsampling, :func:`~fixres_fast.loaders.dct.dct_reduction`; else 1); the resampling in the image at 1/s (the
+    box's whole-pixel hull, its fractional start as an output offset); the pixels it reads, the region to decode."""
+    s = dct_reduction(box.scale_x * k, box.scale_y * k, k, k) if reduce else 1
+    sy, sx, y0, x0 = box.scale_y / s, box.scale_x / s, box.top / s, box.left / s
     r_top, r_left = int(math.floor(y0)), int(math.floor(x0))
-    r_h = min(int(math.ceil((top + h) / s)), (height + s - 1) // s) - r_top
-    r_w = min(int(math.ceil((left + w) / s)), (width + s - 1) // s) - r_left
-    o_y, o_x, blur = off_y + (y0 - r_top) / sy, off_x + (x0 - r_left) / sx, s > 1 and sy == 1.0 and sx == 1.0
+    r_h = min(int(math.ceil((box.top + box.height) / s)), (height + s - 1) // s) - r_top
+    r_w = min(int(math.ceil((box.left + box.width) / s)), (width + s - 1) // s) - r_left
+    o_y, o_x, blur = box.off_y + (y0 - r_top) / sy, box.off_x + (x0 - r_left) / sx, s > 1 and sy == 1.0 and sx == 1.0
     y_lo, y_hi = tap_span(k, r_h, sy, o_y, blur)
     x_lo, x_hi = tap_span(k, r_w, sx, o_x, blur)
-    return s, (r_top, r_left, r_h, r_w, sy, sx, o_y, o_x, blur), (r_top + y_lo, r_left + x_lo, y_hi - y_lo, x_hi - x_lo)
+    return ReducedBox(s, Resampling(r_top, r_left, r_h, r_w, sy, sx, o_y, o_x), blur,
+                      Region(r_top + y_lo, r_left + x_lo, y_hi - y_lo, x_hi - x_lo))
 
 
 @njit(cache=True, fastmath=True)

@@ -5,11 +5,12 @@ source all take their indices from :class:`RASampler`):
 
 * Evaluation epochs (``shuffle=False``) are exact: rank r reads records r, r + W, r + 2W, ...
   of the split, in order; together the ranks read every record exactly once.
-* Training epochs (``shuffle=True``) draw a permutation from ``seed + epoch``, keep its first D
-  images and repeat each ``repeats`` times in a row (Hoffer et al.; FixRes Sec. 5), then deal
-  the sequence out to ranks in turn, so the M copies of an image land on different ranks when
-  W > 1 (torchvision's ``RASampler``). D = floor(epoch_fraction * N / repeats), rounded down so
-  that every rank gets the same number of samples and every drawn image exactly M copies.
+* Training epochs (``shuffle=True``) draw a permutation from (seed, epoch) (the seed law,
+  :func:`~fixres_fast.seeds.seed_for`), keep its first D images and repeat each ``repeats``
+  times in a row (Hoffer et al.; FixRes Sec. 5), then deal the sequence out to ranks in turn, so
+  the M copies of an image land on different ranks when W > 1 (torchvision's ``RASampler``).
+  D = floor(epoch_fraction * N / repeats), rounded down so that every rank gets the same number
+  of samples and every drawn image exactly M copies.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import math
 import numpy as np
 
 from ..errors import UserError
+from ..seeds import Stream, seed_for
 
 
 class RASampler:
@@ -56,7 +58,7 @@ class RASampler:
         """This rank's record indices for ``epoch`` (default: the one set by :meth:`set_epoch`), int64."""
         if not self.shuffle:
             return np.arange(self.rank, self.num_samples, self.num_replicas, dtype=np.int64)
-        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
+        rng = np.random.default_rng(seed_for(self.seed, 0, self.epoch if epoch is None else epoch, Stream.SAMPLER))
         d = self.num_distinct
         perms = [rng.permutation(self.num_samples) for _ in range(-(-d // max(self.num_samples, 1)))]
         drawn = np.concatenate(perms or [np.zeros(0, np.int64)])[:d]  # epoch_fraction > repeats draws again

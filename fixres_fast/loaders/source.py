@@ -10,7 +10,6 @@ CRC-32 of each record's stored bytes, which the loaders compare as they read (:m
 from __future__ import annotations
 
 import io
-import json
 import mmap
 import sys
 import zlib
@@ -22,6 +21,7 @@ from ..convert.index import read_index
 from ..convert.outputs import CRC_SUFFIX
 from ..convert.recordio import IMAGE_HEADER, MAGIC, RECORD_HEADER
 from ..errors import UserError
+from ..records import MANIFEST, Manifest
 
 
 class RecordError(UserError):
@@ -111,10 +111,10 @@ REPAIR = ("Re-convert the data set (`fixres-fast convert verify OUT` checks ever
 class Records(Source):
     """A split of a conversion: ``OUT/NAME-*.rec`` + ``.idx`` shards, ``NAME.index.tsv``, ``NAME.beton``."""
 
-    def __init__(self, out: Path, split: str, manifest: dict):
+    def __init__(self, out: Path, split: str, manifest: Manifest):
         labels, paths = read_index(out / f"{split}.index.tsv")
         super().__init__(out, split, paths, labels)
-        names = [f["name"] for f in manifest["splits"][split]["files"]]
+        names = manifest.splits[split].names
         self.beton = out / f"{split}.beton" if f"{split}.beton" in names else None
         self.recs = sorted(out / n for n in names if n.endswith(".rec"))
         self._beton = None
@@ -197,10 +197,10 @@ class Folder(Source):
 def open_source(source, split: str) -> Source:
     """Records if ``source`` holds a conversion's manifest.json, else an ImageFolder tree."""
     root = Path(source)
-    if (root / "manifest.json").is_file():
-        manifest = json.loads((root / "manifest.json").read_text())
-        if split not in manifest["splits"]:
-            raise UserError(f"{root} has no split {split!r}; its manifest lists {', '.join(manifest['splits'])}")
+    if (root / MANIFEST).is_file():
+        manifest = Manifest.read(root)
+        if split not in manifest.splits:
+            raise UserError(f"{root} has no split {split!r}; its manifest lists {', '.join(manifest.splits)}")
         check_sizes(root, split, manifest)
         return Records(root, split, manifest)
     if not root.is_dir():
@@ -208,20 +208,20 @@ def open_source(source, split: str) -> Source:
     return Folder(root, split)
 
 
-def check_sizes(out: Path, split: str, manifest: dict) -> None:
+def check_sizes(out: Path, split: str, manifest: Manifest) -> None:
     """Every file of ``split`` has the size the manifest gives it (a stat each: cheap), else one UserError line.
 
     A truncated .beton or .rec otherwise fails deep inside FFCV ("negative dimensions") or struct, or
     only at the record it cuts. A full check of the contents is `fixres-fast convert verify OUT`."""
-    for f in manifest["splits"][split].get("files", []):
-        path = out / f["name"]
+    for f in manifest.splits[split].files:
+        path = out / f.name
         size = path.stat().st_size if path.is_file() else None
         if size is None:
             raise UserError(f"{path} is missing (the manifest lists it): re-convert into {out}")
-        if size < f["bytes"]:
-            raise UserError(f"{path} is truncated ({size} of {f['bytes']} bytes): re-convert into {out}")
-        if size != f["bytes"]:
-            raise UserError(f"{path} has {size} bytes, the manifest says {f['bytes']}: it changed since the "
+        if size < f.bytes:
+            raise UserError(f"{path} is truncated ({size} of {f.bytes} bytes): re-convert into {out}")
+        if size != f.bytes:
+            raise UserError(f"{path} has {size} bytes, the manifest says {f.bytes}: it changed since the "
                             f"conversion; re-convert into {out}")
 
 

@@ -20,8 +20,10 @@ from torch.utils.data import DataLoader
 
 from .. import geometry
 from ..errors import UserError
+from ..seeds import Stream, seed_for
 from ..spec import TestDA2, TrainDA
 from .common import BatchLoader, LoaderConfig, to_batch, workers
+from .dct import IDCT_BLUR_TAPS, dct_reduction
 from .source import RecordError
 
 
@@ -56,8 +58,8 @@ def pil_transform(spec):
     return v2.Compose(steps)
 
 
-#: the 3 x 3 kernel of :data:`~fixres_fast.geometry.IDCT_BLUR_TAPS`, for PIL
-IDCT_BLUR = ImageFilter.Kernel((3, 3), [a * b for a in geometry.IDCT_BLUR_TAPS for b in geometry.IDCT_BLUR_TAPS], scale=1)
+#: the 3 x 3 kernel of :data:`~.dct.IDCT_BLUR_TAPS`, for PIL
+IDCT_BLUR = ImageFilter.Kernel((3, 3), [a * b for a in IDCT_BLUR_TAPS for b in IDCT_BLUR_TAPS], scale=1)
 
 
 def draft(im, scale: int) -> int:
@@ -101,29 +103,21 @@ class ReducedDecode:
         if self.train:
             p = self.rrc.make_params([im])  # reads only im.size
             return p["left"], p["top"], p["left"] + p["width"], p["top"] + p["height"]
-        # geometry's plain-Python functions: numba's compiled ones can deadlock in a forked DataLoader worker
-        rh, rw = _py(geometry.resized_size)(height, width, self.spec.resize_short)
-        top = _py(geometry.centre_left)(rh, k)
-        left = (_py(geometry.centre_left)(rw, k) if self.lo_hi is None
-                else _py(geometry.da2_left)(rw - k, np.random.uniform(*self.lo_hi)))
-        sx, sy = width / rw, height / rh
-        return left * sx, top * sy, (left + k) * sx, (top + k) * sy
+        position = 0.5 if self.lo_hi is None else np.random.uniform(*self.lo_hi)
+        window = geometry.plain(geometry.test_window)(height, width, k, self.spec.resize_short, position)
+        sx, sy = width / window.resized_w, height / window.resized_h
+        return window.left * sx, window.top * sy, (window.left + k) * sx, (window.top + k) * sy
 
     def __call__(self, im, box=None):
         """``im``: a PIL image as ``Image.open`` returns it (not yet decoded); ``box``: (x0, y0, x1, y1)
         in its full-size pixels, or None to draw it (:meth:`box`). Returns the K x K RGB PIL image."""
         x0, y0, x1, y1 = self.box(im) if box is None else box
-        s = draft(im, _py(geometry.dct_reduction)(x1 - x0, y1 - y0, self.k, self.k))
+        s = draft(im, dct_reduction.py_func(x1 - x0, y1 - y0, self.k, self.k))  # plain Python, as geometry.plain
         img = im.convert("RGB")
         if s > 1 and abs((x1 - x0) / s - self.k) < 1e-6 and abs((y1 - y0) / s - self.k) < 1e-6:
             img = img.filter(IDCT_BLUR)  # libjpeg did the whole downscale: the resize below only copies
         # train DA: torchvision crops, then resizes; test DA resizes the whole image, then crops
         return self.rest(resize_box(img, (x0 / s, y0 / s, x1 / s, y1 / s), self.k, crop_first=self.train))
-
-
-def _py(fn):
-    """The plain-Python body of a numba-compiled function (the function itself where numba is absent)."""
-    return getattr(fn, "py_func", fn)
 
 
 def resize_box(im, box, k: int, crop_first: bool):
@@ -232,7 +226,7 @@ class TorchLoader(BatchLoader):
                    else PILDataset(source, spec, self.damaged, reduced=config.reduced_decode))
         n = workers(config)
         # the generator seeds each worker's random, numpy and torch: augmentations follow (seed, rank)
-        generator = torch.Generator().manual_seed(config.seed * 1009 + config.rank)
+        generator = torch.Generator().manual_seed(seed_for(config.seed, config.rank, 0, Stream.AUGMENT))
         self.loader = DataLoader(dataset, batch_sampler=_Batches(self), num_workers=n,
                                  persistent_workers=n > 0, collate_fn=_collate_bytes if cuda else None,
                                  prefetch_factor=4 if n > 0 else None, generator=generator)
