@@ -23,10 +23,11 @@ from torch import nn
 from tqdm import tqdm
 
 from . import __version__, checkpoint
+from .artifacts import git_revision
 from .data import backend_for, check_res, data_record, dataset_info
 from .distributed import Dist, all_sum, barrier, setup, teardown
 from .errors import UserError
-from .evaluate import evaluate_loader
+from .engine import evaluate_loader, train_step
 from .models import build_model
 from .runtime import amp_dtype, resolve_device
 from .spec import IMAGENET_MEAN, IMAGENET_STD, Recipe, TestDA, make_spec
@@ -65,16 +66,6 @@ RESUME_NEUTRAL = ("out", "resume", "resume_changed", "workers", "tensorboard", "
                   "eval_res")
 
 
-def lr_at(recipe: Recipe, epoch: float) -> float:
-    """Learning rate at a fractional epoch: warm-up, then step (x0.1 every step_epochs) or cosine."""
-    base = recipe.base_lr
-    if epoch < recipe.warmup_epochs:
-        return base * epoch / recipe.warmup_epochs
-    if recipe.schedule == "cosine":
-        return 0.5 * base * (1 + math.cos(math.pi * min(epoch / recipe.epochs, 1.0)))
-    return base * 0.1 ** int(epoch // recipe.step_epochs)
-
-
 def param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
     if not recipe.no_bn_weight_decay:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": recipe.weight_decay}]
@@ -89,21 +80,6 @@ def make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> to
     """The recipe's SGD; on CUDA, one fused kernel updates each parameter group."""
     return torch.optim.SGD(param_groups(model, recipe), lr=recipe.base_lr, momentum=recipe.momentum,
                            fused=True if device.type == "cuda" else None)
-
-
-def train_step(model, images, labels, optimizer, criterion, dtype, scaler=None) -> torch.Tensor:
-    """One optimisation step: forward and loss under autocast, one backward, exactly one optimizer step."""
-    with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        loss = criterion(model(images), labels)
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    return loss.detach()
 
 
 class _StopRequest:
@@ -153,19 +129,14 @@ def _check_epoch(loader, cfg: TrainConfig, d: Dist) -> None:
 
 
 def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict, data: dict,
-             resumed_from: list = ()) -> dict:
-    """What a checkpoint says about itself (cf. timm's pretrained cfg: input_size, test_input_size): also its
-    data set (``data.data_record``) and, where a resume changed settings, the earlier ones (``resumed_from``)."""
-    return {
-        "arch": cfg.arch, "num_classes": len(classes), "classes": classes, "data": data,
-        "resumed_from": list(resumed_from),
-        "train_res": cfg.res, "test_res": cfg.res,
-        "preprocessing": {"train": {"mode": cfg.aug, **asdict(make_spec(cfg.aug, cfg.res))},
-                          "test": {"mode": "test", **asdict(TestDA(k_test=cfg.res))},
-                          "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
-        "recipe": asdict(cfg.recipe), "epoch": epoch, "results": results,
-        "git": checkpoint.git_revision(), "fixres_fast": __version__,
-    }
+             resumed_from: list = ()) -> checkpoint.CheckpointMeta:
+    """What a checkpoint of this run says about itself: also its data set (``data.data_record``) and, where a
+    resume changed settings, the earlier ones (``resumed_from``)."""
+    return checkpoint.CheckpointMeta(
+        arch=cfg.arch, num_classes=len(classes), classes=tuple(classes), data=data, resumed_from=tuple(resumed_from),
+        k_train=cfg.res, k_test=cfg.res, train_da=make_spec(cfg.aug, cfg.res), test_da=TestDA(k_test=cfg.res),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, recipe=cfg.recipe, epoch=epoch, results=results,
+        revision=git_revision(), version=__version__)
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
@@ -194,7 +165,7 @@ def _train(cfg: TrainConfig, d: Dist, log) -> dict:
                 if res != "train":
                     top1_top5 = evaluate_loader(run.net, loader, d, run.dtype, f"val @ {res}")[:2]
                     results[f"top1@{res}"], results[f"top5@{res}"] = top1_top5
-            results.update(epoch=epoch, lr=lr_at(cfg.recipe, epoch), train_loss=done["loss"], train_img_s=done["img_s"])
+            results.update(epoch=epoch, lr=cfg.recipe.lr_at(epoch), train_loss=done["loss"], train_img_s=done["img_s"])
             run.end_of_epoch(epoch, results)
     finally:
         run.stop.restore()
@@ -286,7 +257,7 @@ class _Run:
 
     def step(self, images, labels, epoch: float) -> torch.Tensor:
         for g in self.optimizer.param_groups:
-            g["lr"] = lr_at(self.cfg.recipe, epoch)
+            g["lr"] = self.cfg.recipe.lr_at(epoch)
         try:
             return train_step(self.net, images, labels, self.optimizer, self.criterion, self.dtype, self.scaler)
         except torch.OutOfMemoryError:
@@ -328,7 +299,7 @@ class _Run:
         self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
         barrier(self.d)
 
-    def metadata(self, epoch: int, results: dict) -> dict:
+    def metadata(self, epoch: int, results: dict) -> checkpoint.CheckpointMeta:
         return metadata(self.cfg, self.classes, epoch, results, self.data, self.resumed_from)
 
     def save(self, path: Path, epoch: int, results: dict) -> None:
@@ -345,15 +316,15 @@ class _Run:
         if not path.is_file():
             raise UserError(f"--resume: no checkpoint at {path}; start without --resume")
         doc = checkpoint.load(path, map_location=self.d.device)
-        meta = doc["meta"]
-        if meta["num_classes"] != num_classes or meta["arch"] != cfg.arch:
-            raise UserError(f"{path} holds a {meta['arch']} with {meta['num_classes']} classes, but this run is a "
+        meta = checkpoint.meta_of(doc)
+        if meta.num_classes != num_classes or meta.arch != cfg.arch:
+            raise UserError(f"{path} holds a {meta.arch} with {meta.num_classes} classes, but this run is a "
                             f"{cfg.arch} on {num_classes} classes; use another --out, or matching --arch/--data")
         lacking = [k for k in ("optimizer", "state", "config") if not isinstance(doc.get(k), dict)]
         if lacking or not all(_nonnegative(doc["state"].get(k)) for k in ("epoch", "step")):
             raise UserError(f"{path} cannot be resumed: it lacks a training state ({', '.join(lacking) or 'state'}); "
                             "only the last.pt `fixres-fast train` writes can be. Use another --out")
-        changed = resume_changes(doc["config"], checkpoint.data_set(meta), cfg, self.data)
+        changed = resume_changes(doc["config"], meta.data, cfg, self.data)
         if changed and not cfg.resume_changed:
             raise UserError(f"--resume: {path} was trained with other settings: {_listed(changed)}. Resume with the "
                             "same ones, use another --out, or add --resume-changed to continue with the new settings "
@@ -363,10 +334,10 @@ class _Run:
         if self.scaler is not None and doc.get("scaler"):
             self.scaler.load_state_dict(doc["scaler"])
         self.state = dict(doc["state"])
-        self.resumed_from = checkpoint.resumed_from(meta)
+        self.resumed_from = list(meta.resumed_from)
         if changed:
             self.resumed_from.append({"epoch": self.state["epoch"], "step": self.state["step"],
-                                      "config": doc["config"], "data": checkpoint.data_set(meta),
+                                      "config": doc["config"], "data": meta.data,
                                       "changed": {k: list(v) for k, v in changed.items()}})
             self.log(f"--resume-changed: continuing with {_listed(changed)}")
         self.log(f"resuming from {path}: epoch {self.state['epoch']}, step {self.state['step']}")

@@ -15,12 +15,12 @@ import torch
 from click.testing import CliRunner
 
 from fixres_fast import checkpoint
-from fixres_fast.adapt import AdaptConfig, adapt, pooled_features
+from fixres_fast.adapt import AdaptConfig, adapt
 from fixres_fast.analysis.activations import FIELDS, ActivationsConfig, pooled_activations
 from fixres_fast.cli import main
 from fixres_fast.errors import UserError
-from fixres_fast.evaluate import model_from_checkpoint
-from fixres_fast.evaluate import test_spec as spec_at
+from fixres_fast.checkpoint import model_from_checkpoint
+from fixres_fast.engine import pooled_features
 from fixres_fast.loaders import LoaderConfig, make_loader
 
 from .conftest import CPU
@@ -56,7 +56,7 @@ def test_fig3_sparsity_and_spread_fall_with_the_test_resolution(composites):
     doc = checkpoint.load(base)
     model = model_from_checkpoint(doc, torch.device("cpu"))
     for k in (32, 64):
-        loader = make_loader("torch", spec_at(doc["meta"], k), str(composites["data"]), "val",
+        loader = make_loader("torch", checkpoint.meta_of(doc).test_spec(k), str(composites["data"]), "val",
                              LoaderConfig(batch_size=100, device="cpu", workers=2, training=False))
         feats, _ = pooled_features(model, loader, LIMIT)
         del loader

@@ -151,3 +151,31 @@ def test_evaluate_cli_writes_both_curves_and_the_ensemble(composites, tmp_path):
     assert all(0 <= r["top1"] <= r["top5"] <= 100 and r["n"] == 200 and r["top1_std"] >= 0 for r in rows)
     assert (out / "evaluate.csv").read_text().count("\n") == 7
     assert (out / "accuracy.png").stat().st_size > 10_000
+
+
+def test_fit_takes_one_shared_train_step_per_batch():
+    """adapt's fine-tuning loop is engine.train_step under the fine-tuning recipe's schedule: the same weights as
+    the step driven by hand, batch by batch."""
+    from fixres_fast.adapt import _Job, fit
+    from fixres_fast.engine import train_step
+    from fixres_fast.spec import finetune_recipe
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 6), torch.randint(3, (16,))
+    tail, by_hand = torch.nn.Linear(6, 3), torch.nn.Linear(6, 3)
+    by_hand.load_state_dict(tail.state_dict())
+    cfg = AdaptConfig(checkpoint="unused.pt", batch_size=4, lr=0.5)
+    job = _Job(cfg, None, "", torch.device("cpu"), None, "torch")
+    batches = lambda epoch: (((x[s:s + 4],), y[s:s + 4]) for s in range(0, 16, 4))
+    fit(tail, [tail], batches, 4, 2, job, lambda *_: None)
+
+    recipe = finetune_recipe(2, 4, 0.5)
+    sgd = torch.optim.SGD(by_hand.parameters(), lr=recipe.base_lr, momentum=recipe.momentum,
+                          weight_decay=recipe.weight_decay)
+    for epoch in range(2):
+        for i, (inputs, labels) in enumerate(batches(epoch)):
+            sgd.param_groups[0]["lr"] = recipe.lr_at(epoch + i / 4)
+            train_step(by_hand, inputs, labels, sgd, torch.nn.functional.cross_entropy, None)
+    assert recipe.lr_at(1.0) != recipe.lr_at(0.0)  # the schedule decays within the two epochs
+    for a, b in zip(tail.parameters(), by_hand.parameters()):
+        assert torch.equal(a, b)

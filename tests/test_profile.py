@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from fixres_fast.cli import main
 from fixres_fast.errors import UserError
 from fixres_fast.models import build_model, classifier, last_bn_before_pool
-from fixres_fast.profile import (TABLE7, ProfileConfig, _adaptation_mode, fit_exponent, layers_to_adapt,
-                                 parse_resolutions, table7_comparison)
+from fixres_fast.profile import TABLE7, ProfileConfig, _adaptation_mode, fit_exponent, layers_to_adapt, table7_comparison
+from fixres_fast.runtime import parse_resolutions
 
 
 def test_profile_writes_its_table_summary_and_plot(tmp_path):

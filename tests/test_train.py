@@ -13,7 +13,10 @@ from torch import nn
 from fixres_fast import checkpoint
 from fixres_fast.errors import UserError
 from fixres_fast.spec import Recipe
-from fixres_fast.train import TrainConfig, lr_at, train, train_step
+from fixres_fast.engine import train_step
+from fixres_fast.train import TrainConfig, train
+
+lr_at = Recipe.lr_at  # the schedule: Recipe.lr_at(recipe, epoch)
 
 TINY = dict(arch="resnet18", res=32, backend="torch", device="cpu", workers=1, aug="test")
 
