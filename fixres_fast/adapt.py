@@ -110,11 +110,11 @@ def adapt(cfg: AdaptConfig, log=print) -> dict:
     else:
         k_test = check_res(job.meta.test_spec(cfg.test_res), job.data, "--test-res")
     t_auto = time.perf_counter() - t0
-    before = _val_top1(model, job, k_test, "before")
+    before = _val_top1(model, job, k_test, "before", log)
     t1 = time.perf_counter()
     info = adapt_at(model, job, k_test, log)
     seconds = time.perf_counter() - t1
-    after = _val_top1(model, job, k_test, "after")
+    after = _val_top1(model, job, k_test, "after", log)
     if before is not None:
         log(f"val top-1 at K_test={k_test}: {before:.2f}% before, {after:.2f}% after adaptation")
     result = {"k_test": k_test, "method": cfg.method, "tune": cfg.tune, "bn_scope": cfg.bn_scope, "aug": cfg.aug,
@@ -140,13 +140,18 @@ def _check_options(cfg: AdaptConfig) -> None:
         raise UserError(f"--test-res must be a positive number of pixels (or 'auto'), got {cfg.test_res}")
 
 
-def _val_top1(model, job: _Job, k: int, when: str) -> float | None:
-    """Top-1 on the validation split at ``k`` (``when``: before or after adaptation, for the bar)."""
+def _val_top1(model, job: _Job, k: int, when: str, log) -> float | None:
+    """Top-1 on the validation split at ``k`` (``when``: before or after adaptation, for the bar); None where the
+    data set has no validation split (said once). Any other problem with the split (a missing file) is an error."""
     if not job.cfg.evaluate:
         return None
     try:
         loader = job.loader(k, split="val", batch_size=min(job.cfg.batch_size, 256))
-    except UserError:  # no validation split
+    except UserError as e:
+        if "has no split 'val'" not in str(e):  # the loaders' words for a data set without the split
+            raise
+        if when == "before":
+            log(f"{job.data} has no validation split: top-1 before and after adaptation is not measured")
         return None
     return evaluate_loader(model, loader, Dist(device=job.device), job.dtype, f"val @ {k}, {when} adaptation")[0]
 

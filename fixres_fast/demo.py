@@ -17,6 +17,9 @@ adaptation is the paper's (60 epochs, lr 0.008 B/512 with B = 64), made cheap by
 """
 from __future__ import annotations
 
+# The demo is the top of the package: it orchestrates the jobs (convert, train, adapt, evaluate, analyze), so it
+# is the one module that imports them; no job imports another.
+
 import json
 import shutil
 import time

@@ -179,3 +179,18 @@ def test_fit_takes_one_shared_train_step_per_batch():
     assert recipe.lr_at(1.0) != recipe.lr_at(0.0)  # the schedule decays within the two epochs
     for a, b in zip(tail.parameters(), by_hand.parameters()):
         assert torch.equal(a, b)
+
+
+def test_a_missing_val_file_is_an_error_not_a_missing_split(composites, tmp_path):
+    """Only a data set without a validation split skips the before/after top-1; a val split whose records are gone
+    is reported."""
+    import shutil
+
+    data = tmp_path / "small"
+    shutil.copytree(composites["small"], data)
+    for f in data.glob("val*"):
+        if f.suffix in (".beton", ".rec"):
+            f.unlink()
+    with pytest.raises(UserError) as e:
+        adapted(composites, tmp_path, data=str(data), evaluate=True, backend="torch")
+    assert "has no split" not in str(e.value) and "val" in str(e.value)
