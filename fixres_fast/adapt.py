@@ -9,7 +9,7 @@ Gradients reach only the tuned parameters and no backward pass runs through the 
 test DA the trunk's output for an image never changes, so it is computed once (:func:`models.split_at`
 cuts the model before the first tuned layer) and every epoch runs the tuned layers alone; with test
 DA2 or train DA, or when the cache would exceed ``cache_mib``, each epoch streams through the frozen
-trunk in eval mode. ``test_res=None`` (``--test-res auto``) adapts at each candidate K_test (multiples
+trunk in eval mode. ``k_test=None`` (``--test-res auto``) adapts at each candidate K_test (multiples
 of 32, Appendix B) on part of a slice of the training set, measures top-1 on the rest of that slice,
 keeps the best, and reports Eq. 5's prediction beside it.
 """
@@ -45,7 +45,7 @@ STEP = 32  # candidate test resolutions are multiples of this (Appendix B)
 @dataclass(frozen=True)
 class AdaptConfig:
     checkpoint: str
-    test_res: int | None = None  # K_test; None: choose it on a held-out slice of the training set ('auto')
+    k_test: int | None = None  # K_test (CLI: --test-res); None: choose it on a held-out slice of the training set ('auto')
     data: str | None = None  # a conversion's OUT folder; None: the one the checkpoint was trained on
     tune: str = "bn+fc"  # fc | bn+fc | bn-stats | last-stage
     bn_scope: str = "last"  # bn-stats: 'last' BN before pooling, or 'all'
@@ -105,10 +105,10 @@ def adapt(cfg: AdaptConfig, log=print) -> dict:
     tuned_modules(model, cfg.tune if cfg.method == "finetune" else "fc", cfg.bn_scope, job.k_train)  # fail early
     t0 = time.perf_counter()
     auto = None
-    if cfg.test_res is None:
+    if cfg.k_test is None:
         k_test, auto = choose_k_test(model, job, log)
     else:
-        k_test = check_res(job.meta.test_spec(cfg.test_res), job.data, "--test-res")
+        k_test = check_res(job.meta.test_spec(cfg.k_test), job.data, "--test-res")
     t_auto = time.perf_counter() - t0
     before = _val_top1(model, job, k_test, "before", log)
     t1 = time.perf_counter()
@@ -136,8 +136,8 @@ def _check_options(cfg: AdaptConfig) -> None:
             raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
     if (cfg.epochs is not None and cfg.epochs < 1) or cfg.batch_size < 2:
         raise UserError(f"expected --epochs >= 1 and --batch-size >= 2 (BN needs 2 images), got {cfg.epochs} and {cfg.batch_size}")
-    if cfg.test_res is not None and cfg.test_res <= 0:
-        raise UserError(f"--test-res must be a positive number of pixels (or 'auto'), got {cfg.test_res}")
+    if cfg.k_test is not None and cfg.k_test <= 0:
+        raise UserError(f"--test-res must be a positive number of pixels (or 'auto'), got {cfg.k_test}")
 
 
 def _val_top1(model, job: _Job, k: int, when: str, log) -> float | None:

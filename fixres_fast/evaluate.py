@@ -42,7 +42,7 @@ def scores(probs: torch.Tensor, labels: torch.Tensor, folds: int = FOLDS) -> dic
 class EvalConfig:
     checkpoints: tuple[str, ...]
     data: str | None = None  # a conversion's OUT folder; None: the one the checkpoint was trained or adapted on
-    res: tuple[int, ...] = ()  # K_test values; (): each checkpoint's own test resolution
+    k_test: tuple[int, ...] = ()  # K_test values (CLI: --res); (): each checkpoint's own test resolution
     ensemble: tuple[int, ...] = ()  # resolutions whose softmax is averaged, e.g. (384, 352)
     batch_size: int = 100
     backend: str = "auto"
@@ -61,7 +61,7 @@ def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
 
     if not cfg.checkpoints:
         raise UserError("expected at least one --checkpoint")
-    bad = [k for k in (*cfg.res, *cfg.ensemble) if k <= 0]
+    bad = [k for k in (*cfg.k_test, *cfg.ensemble) if k <= 0]
     if bad:
         raise UserError(f"test resolutions must be positive numbers of pixels, got {bad}")
     device = resolve_device(cfg.device)
@@ -71,7 +71,7 @@ def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
     rows = []
     for path in cfg.checkpoints:
         model, meta = checkpoint.open_model(path, device)
-        data, own = checkpoint.data_for(meta, cfg.data, path), cfg.res or (meta.k_test,)
+        data, own = checkpoint.data_for(meta, cfg.data, path), cfg.k_test or (meta.k_test,)
         ensemble, ks = None, list(dict.fromkeys((*own, *cfg.ensemble)))
         for k in ks:  # every resolution checked before any is measured
             check_res(meta.test_spec(k), data, "--ensemble" if k in cfg.ensemble and k not in own else "--res")

@@ -115,6 +115,8 @@ def make_spec(mode: str, res: int, **overrides):
 
 # --- The training and fine-tuning recipes (Sec. 5, "Training protocol") -----------------------------
 
+#: Learning-rate schedules after the warm-up (Recipe.schedule): x0.1 every step_epochs, or a cosine to 0.
+SCHEDULES = ("step", "cosine")
 #: Reference batch of the learning-rate rules: lr = BASE_LR * B / LR_BATCH (Goyal et al.).
 BASE_LR, LR_BATCH = 0.1, 256
 #: Fine-tuning at the test resolution: "the initial learning rate is 0.008 same decay, B = 512, 60 epochs".

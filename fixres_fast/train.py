@@ -30,7 +30,7 @@ from .errors import UserError
 from .engine import evaluate_loader, train_step
 from .models import build_model
 from .runtime import amp_dtype, resolve_device
-from .spec import IMAGENET_MEAN, IMAGENET_STD, Recipe, TestDA, make_spec
+from .spec import IMAGENET_MEAN, IMAGENET_STD, SCHEDULES, Recipe, TestDA, make_spec
 
 CHECK_EVERY = 20  # steps between checks of the loss and of stop requests (each costs a device sync)
 
@@ -40,7 +40,7 @@ class TrainConfig:
     data: str  # a conversion's OUT folder (or an ImageFolder tree)
     out: str = "runs/train"
     arch: str = "resnet50"
-    res: int = 224  # K_train
+    k_train: int = 224  # K_train (CLI: --res)
     recipe: Recipe = field(default_factory=Recipe)
     aug: str = "train"  # train DA (paper); 'test' or 'test2' for ablations
     backend: str = "auto"  # dali | ffcv | torch | auto
@@ -59,6 +59,10 @@ class TrainConfig:
         if self.resume_changed and not self.resume:
             raise UserError("--resume-changed continues a run from OUT/last.pt with new settings; add --resume")
 
+
+#: The CLI flags of TrainConfig fields whose names differ from the flag (the paper's names in the config, the
+#: users' flags on the command line); earlier checkpoints' configs used the flag's name as the field's.
+FLAGS = {"k_train": "res"}
 
 #: TrainConfig fields that say how a run executes, not what it learns: --resume may change them freely.
 #: (recipe.epochs too, unless the schedule is cosine, whose curve depends on it: extending a run is resuming.)
@@ -99,13 +103,13 @@ class _StopRequest:
 
 def _check(cfg: TrainConfig, d: Dist) -> None:
     r = cfg.recipe
-    if cfg.res <= 0 or any(x <= 0 for x in cfg.eval_res):
-        raise UserError(f"resolutions must be positive numbers of pixels, got --res {cfg.res} --eval-res {cfg.eval_res}")
+    if cfg.k_train <= 0 or any(x <= 0 for x in cfg.eval_res):
+        raise UserError(f"resolutions must be positive numbers of pixels, got --res {cfg.k_train} --eval-res {cfg.eval_res}")
     if r.batch_size % d.world_size:
         raise UserError(f"--batch-size {r.batch_size} (over all processes) must divide by the {d.world_size} processes")
-    if r.schedule not in ("step", "cosine"):
-        raise UserError(f"unknown --schedule {r.schedule!r}; choose step or cosine")
-    check_res(make_spec(cfg.aug, cfg.res), cfg.data, "--res")
+    if r.schedule not in SCHEDULES:
+        raise UserError(f"unknown --schedule {r.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    check_res(make_spec(cfg.aug, cfg.k_train), cfg.data, "--res")
     for k in cfg.eval_res:
         check_res(TestDA(k_test=k), cfg.data, "--eval-res")
 
@@ -134,7 +138,7 @@ def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict, da
     resume changed settings, the earlier ones (``resumed_from``)."""
     return checkpoint.CheckpointMeta(
         arch=cfg.arch, num_classes=len(classes), classes=tuple(classes), data=data, resumed_from=tuple(resumed_from),
-        k_train=cfg.res, k_test=cfg.res, train_da=make_spec(cfg.aug, cfg.res), test_da=TestDA(k_test=cfg.res),
+        k_train=cfg.k_train, k_test=cfg.k_train, train_da=make_spec(cfg.aug, cfg.k_train), test_da=TestDA(k_test=cfg.k_train),
         mean=IMAGENET_MEAN, std=IMAGENET_STD, recipe=cfg.recipe, epoch=epoch, results=results,
         revision=git_revision(), version=__version__)
 
@@ -179,9 +183,9 @@ def _loaders(cfg: TrainConfig, d: Dist) -> dict:
     per_proc = cfg.recipe.batch_size // d.world_size
     common = LoaderConfig(batch_size=per_proc, device=str(d.device), rank=d.rank, world_size=d.world_size,
                           seed=cfg.seed, workers=cfg.workers, on_corrupt=cfg.on_corrupt)
-    loaders = {"train": make_loader(backend, make_spec(cfg.aug, cfg.res), cfg.data, "train",
+    loaders = {"train": make_loader(backend, make_spec(cfg.aug, cfg.k_train), cfg.data, "train",
                                     replace(common, repeats=cfg.recipe.repeats, training=True))}
-    for res in dict.fromkeys((cfg.res, *cfg.eval_res)):
+    for res in dict.fromkeys((cfg.k_train, *cfg.eval_res)):
         loaders[res] = make_loader(backend, TestDA(k_test=res), cfg.data, "val", replace(common, training=False))
     return loaders
 
@@ -262,7 +266,7 @@ class _Run:
             return train_step(self.net, images, labels, self.optimizer, self.criterion, self.dtype, self.scaler)
         except torch.OutOfMemoryError:
             raise UserError(f"CUDA out of memory at --batch-size {self.cfg.recipe.batch_size} ({labels.shape[0]} "
-                            f"per GPU) and --res {self.cfg.res}: lower one of them") from None
+                            f"per GPU) and --res {self.cfg.k_train}: lower one of them") from None
 
     def should_stop(self, total: torch.Tensor, epoch: int, i: int, seen: int, seconds: float) -> bool:
         """Check the loss, and stop requests on any process (one sync for both). On a stop, write a checkpoint that
@@ -281,7 +285,7 @@ class _Run:
         return bool(stopping)
 
     def end_of_epoch(self, epoch: int, results: dict) -> None:
-        top1 = results[f"top1@{self.cfg.res}"]
+        top1 = results[f"top1@{self.cfg.k_train}"]
         is_best = top1 > self.state["best_top1"]
         self.state.update(epoch=epoch + 1, step=0, best_top1=max(top1, self.state["best_top1"]))
         self.save(self.out / "last.pt", epoch, results)
@@ -363,6 +367,10 @@ def resume_changes(old: dict, old_data: dict | None, cfg: TrainConfig, data: dic
     between the checkpoint's config (and data set record) and ``cfg`` (and ``data``). Options an older
     checkpoint did not record are not compared."""
     new = asdict(cfg)
+    old = dict(old)
+    for field_name, flag in FLAGS.items():  # an earlier version's config: the field under the flag's name
+        if flag in old and field_name not in old:
+            old[field_name] = old.pop(flag)
     old_recipe = old["recipe"] if isinstance(old.get("recipe"), dict) else {}
     new_recipe = new.pop("recipe")
     cosine = "cosine" in (old_recipe.get("schedule"), new_recipe["schedule"])
@@ -372,7 +380,7 @@ def resume_changes(old: dict, old_data: dict | None, cfg: TrainConfig, data: dic
     pairs.append(("data", old_data["path"], data["path"]))
     if old_data["manifest_sha256"] and old_data["path"] == data["path"]:
         pairs.append(("data manifest SHA-256", old_data["manifest_sha256"], data["manifest_sha256"]))
-    return {f"--{k.replace('_', '-')}" if " " not in k else k: (a, b) for k, a, b in pairs if _differ(a, b)}
+    return {f"--{FLAGS.get(k, k).replace('_', '-')}" if " " not in k else k: (a, b) for k, a, b in pairs if _differ(a, b)}
 
 
 def _differ(a, b) -> bool:

@@ -68,7 +68,7 @@ def test_fig3_sparsity_and_spread_fall_with_the_test_resolution(composites):
 def test_cli_before_and_after_adaptation(composites, tmp_path):
     base = composites["runs"][0]
     tuned = tmp_path / "bnfc64.pt"
-    adapt(AdaptConfig(checkpoint=str(base), test_res=64, epochs=1, batch_size=64, lr=0.01, evaluate=False,
+    adapt(AdaptConfig(checkpoint=str(base), k_test=64, epochs=1, batch_size=64, lr=0.01, evaluate=False,
                       out=str(tuned), **CPU), log=lambda *_: None)
     # a Fréchet-adapted checkpoint with a known map, to check that the measured vector is the one after it
     doc = checkpoint.load(base)

@@ -20,7 +20,7 @@ from .conftest import CPU, SEEDS
 
 def adapted(composites, tmp_path, seed=0, **kw):
     """Adapt seed ``seed``'s network; on the small set (400 images) unless ``data`` says otherwise."""
-    cfg = dict(checkpoint=str(composites["runs"][seed]), data=str(composites["small"]), test_res=64, epochs=1,
+    cfg = dict(checkpoint=str(composites["runs"][seed]), data=str(composites["small"]), k_test=64, epochs=1,
                batch_size=64, lr=0.01,
                evaluate=False, out=str(tmp_path / "adapted.pt"), **CPU)
     result = adapt(AdaptConfig(**{**cfg, **kw}), log=lambda *_: None)
@@ -43,14 +43,14 @@ def changed_keys(before: dict, after: dict) -> set:
 ])
 def test_only_the_tuned_parameters_and_statistics_change(composites, tmp_path, tune, scope, expected):
     before = checkpoint.load(composites["runs"][0])["model"]
-    result, doc = adapted(composites, tmp_path, tune=tune, bn_scope=scope, test_res=32)
+    result, doc = adapted(composites, tmp_path, tune=tune, bn_scope=scope, k_test=32)
     assert changed_keys(before, doc["model"]) == expected
     assert result["cached"] == (tune != "bn-stats")
 
 
 def test_streaming_matches_the_cached_path_in_what_it_changes(composites, tmp_path):
     before = checkpoint.load(composites["runs"][0])["model"]
-    result, doc = adapted(composites, tmp_path, aug="test2", test_res=32)
+    result, doc = adapted(composites, tmp_path, aug="test2", k_test=32)
     assert not result["cached"]
     assert changed_keys(before, doc["model"]) == {"fc.weight", "fc.bias"} | {
         f"features.19.{p}" for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
@@ -79,7 +79,7 @@ def test_adapting_at_twice_the_train_resolution_beats_no_adaptation(composites, 
 
 def test_auto_picks_a_candidate_and_reports_eq5(composites, tmp_path):
     logs = []
-    result = adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), data=str(composites["data"]), test_res=None,
+    result = adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), data=str(composites["data"]), k_test=None,
                                epochs=2, batch_size=64, lr=0.01, auto_images=500, evaluate=False,
                                out=str(tmp_path / "auto.pt"), **CPU), log=logs.append)
     assert set(result["auto"]["top1"]) == {32, 64} and result["k_test"] in (32, 64)
@@ -98,12 +98,12 @@ def test_bad_inputs_get_clear_errors(composites, tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save(build_model("fixres_cnn", 10).state_dict(), plain)
     with pytest.raises(UserError, match="no fixres-fast metadata"):
-        adapt(AdaptConfig(checkpoint=str(plain), test_res=64, **CPU))
+        adapt(AdaptConfig(checkpoint=str(plain), k_test=64, **CPU))
     for bad in (0, -32):
         with pytest.raises(UserError, match="positive number of pixels"):
-            adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), test_res=bad, **CPU))
+            adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), k_test=bad, **CPU))
     with pytest.raises(UserError, match=r"--max-side 585 or more.*--test-res 448 or less"):
-        adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), test_res=512, **CPU))
+        adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), k_test=512, **CPU))
 
 
 def test_a_model_without_bn_fails_clearly_under_bn_fc(composites, tmp_path):

@@ -92,7 +92,7 @@ def test_no_load_in_the_package_unpickles_objects():
 
 
 def test_what_we_save_is_plain_and_loads_without_objects(tmp_path):
-    meta = metadata(TrainConfig(data=str(tmp_path), arch="fixres_cnn", res=32), ["a", "b"], 0,
+    meta = metadata(TrainConfig(data=str(tmp_path), arch="fixres_cnn", k_train=32), ["a", "b"], 0,
                     {"top1@32": np.float64(50.0)}, data_record(tmp_path)).to_dict()
     meta["adaptation"] = {"frechet": {"reference": (np.float32(0.5), np.float64(0.25)), "scale": np.float64(1.5),
                                       "shift": 0.0}, "data": tmp_path}
@@ -114,7 +114,7 @@ def crafted(path, weights_classes=4, records=None, **meta_kw):
     writes it, then overridden by ``meta_kw``) on ``records``."""
     records = records or path.parent
     classes = [f"c{i}" for i in range(weights_classes)]
-    meta = metadata(TrainConfig(data=str(records), arch="fixres_cnn", res=32), classes, 0, {}, data_record(records)).to_dict()
+    meta = metadata(TrainConfig(data=str(records), arch="fixres_cnn", k_train=32), classes, 0, {}, data_record(records)).to_dict()
     checkpoint.save(path, build_model("fixres_cnn", weights_classes), {**meta, **meta_kw})
     return path
 
@@ -183,7 +183,7 @@ def test_long_class_lists_are_shortened_to_counts_and_the_first_differences(tmp_
 def tiny(data, out, epochs=1, schedule="step", momentum=0.9, **kw):
     recipe = Recipe(epochs=epochs, batch_size=8, repeats=1, lr=kw.pop("lr", 0.02), schedule=schedule, momentum=momentum)
     return TrainConfig(data=str(data), out=str(out), recipe=recipe,
-                       **{**dict(arch="fixres_cnn", res=32, backend="torch", device="cpu", workers=1, aug="test"), **kw})
+                       **{**dict(arch="fixres_cnn", k_train=32, backend="torch", device="cpu", workers=1, aug="test"), **kw})
 
 
 def test_every_checkpoint_finds_its_data_set_from_anywhere(imagenet_records, tmp_path, monkeypatch):
@@ -250,7 +250,7 @@ def test_resume_with_other_settings_is_refused_unless_asked(imagenet_records, tm
     out = tmp_path / "run"
     train(tiny(data, out, epochs=1), log=quiet)
     with pytest.raises(UserError) as e:
-        train(tiny(other, out, epochs=2, res=48, lr=0.05, aug="train", resume=True), log=quiet)
+        train(tiny(other, out, epochs=2, k_train=48, lr=0.05, aug="train", resume=True), log=quiet)
     msg = str(e.value)
     for change in ("--res 32 -> 48", "--aug test -> train", "--lr 0.02 -> 0.05", f"--data {data} -> {other}",
                    "--resume-changed"):
@@ -263,13 +263,13 @@ def test_resume_with_other_settings_is_refused_unless_asked(imagenet_records, tm
     # settings that do not change what is learnt: workers, evaluation resolutions, tensorboard
     train(tiny(data, out, epochs=2, resume=True, workers=2, eval_res=(40,)), log=quiet)
     assert checkpoint.load(out / "last.pt")["meta"]["resumed_from"] == []
-    train(tiny(data, out, epochs=3, res=48, momentum=0.5, resume=True, resume_changed=True), log=quiet)
+    train(tiny(data, out, epochs=3, k_train=48, momentum=0.5, resume=True, resume_changed=True), log=quiet)
     doc = checkpoint.load(out / "last.pt")
     meta = doc["meta"]
     assert meta["train_res"] == 48 and meta["epoch"] == 2 and meta["recipe"]["momentum"] == 0.5
     assert doc["optimizer"]["param_groups"][0]["momentum"] == 0.5  # the new settings, not the loaded ones
     [was] = meta["resumed_from"]
-    assert (was["epoch"], was["step"], was["config"]["res"]) == (2, 0, 32)
+    assert (was["epoch"], was["step"], was["config"]["k_train"]) == (2, 0, 32)
     assert was["changed"] == {"--res": [32, 48], "--momentum": [0.9, 0.5]}
     res = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), "--resume-changed", *CPU])
     one_line_error(res, "add --resume")
@@ -312,7 +312,7 @@ def test_an_old_format_checkpoint_loads_unchanged(tmp_path):
 
 
 def test_checkpoint_meta_round_trips_through_plain_types(tmp_path):
-    meta = metadata(TrainConfig(data=str(tmp_path), arch="fixres_cnn", res=32, aug="test2"), ["a", "b"], 3,
+    meta = metadata(TrainConfig(data=str(tmp_path), arch="fixres_cnn", k_train=32, aug="test2"), ["a", "b"], 3,
                     {"top1@32": 1.0}, data_record(tmp_path))
     assert meta.train_da == spec.TestDA2(k_test=32) and meta.test_da == spec.TestDA(k_test=32)
     path = tmp_path / "c.pt"
