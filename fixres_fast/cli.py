@@ -9,6 +9,8 @@ import click
 
 from .adapt import AUGS, BN_SCOPES, METHODS, AdaptConfig
 from .analysis.activations import ActivationsConfig
+from .analysis.roc import RocConfig
+from .analysis.scale import ScaleConfig
 from .demo import DemoConfig
 from .errors import UserError
 from .evaluate import EvalConfig
@@ -316,8 +318,8 @@ def analyze():
 
 
 @analyze.command("scale", short_help="Apparent object size at test vs train time (Eq. 1-5).")
-@click.option("--k-train", default=224, show_default=True, help="K_train: the train resolution.")
-@click.option("--k-test", default=224, show_default=True, help="K_test: the test crop.")
+@click.option("--k-train", default=default_of(ScaleConfig, "k_train"), show_default=True, help="K_train: the train resolution.")
+@click.option("--k-test", default=default_of(ScaleConfig, "k_test"), show_default=True, help="K_test: the test crop.")
 @click.option("--resize-ratio", default="256/224", show_default=True,
               help="K_test^image / K_test: test DA resizes the short side to K_test times this.")
 @click.option("--scale", "area_range", nargs=2, type=float, default=None,
@@ -328,13 +330,14 @@ def analyze():
               help="HEIGHT WIDTH of the image the Monte Carlo crops [default: 500 500].")
 @click.option("--sampler", "samplers", multiple=True,
               help="geometry (FFCV; torch on GPU), torchvision (torch on CPU) or dali; repeatable [default: geometry].")
-@click.option("--samples", default=100_000, show_default=True, help="Monte Carlo draws per sampler and setting.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--samples", default=default_of(ScaleConfig, "samples"), show_default=True,
+              help="Monte Carlo draws per sampler and setting.")
+@click.option("--seed", default=default_of(ScaleConfig, "seed"), show_default=True)
 @user_errors
 def scale(resize_ratio, **opts):
     """Apparent object size at test vs train time (Eq. 1-5): F, E[r_test/r_train], alpha and the
     K_test that equalises it, beside a Monte Carlo estimate from the loaders' RoC samplers."""
-    from .analysis.scale import ScaleConfig, analyze_scale, parse_ratio, report_lines
+    from .analysis.scale import analyze_scale, parse_ratio, report_lines
 
     given = {k: v for k, v in opts.items() if v not in (None, ())}
     report = analyze_scale(ScaleConfig(resize_ratio=parse_ratio(resize_ratio), **given))
@@ -343,23 +346,25 @@ def scale(resize_ratio, **opts):
 
 @analyze.command("roc", short_help="RoC area at train and test time on real image sizes (Fig. 2).")
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="A conversion's OUT folder (or an ImageFolder tree).")
-@click.option("--backend", default="ffcv", show_default=True, help="Whose train RoC sampler: ffcv, torch or dali.")
-@click.option("--split", default="train", show_default=True)
-@click.option("--k-train", default=224, show_default=True, help="K_train: the train resolution.")
-@click.option("--k-test", default=224, show_default=True, help="K_test: the test crop.")
+@click.option("--backend", default=default_of(RocConfig, "backend"), show_default=True,
+              help="Whose train RoC sampler: ffcv, torch or dali.")
+@click.option("--split", default=default_of(RocConfig, "split"), show_default=True)
+@click.option("--k-train", default=default_of(RocConfig, "k_train"), show_default=True, help="K_train: the train resolution.")
+@click.option("--k-test", default=default_of(RocConfig, "k_test"), show_default=True, help="K_test: the test crop.")
 @click.option("--resize-ratio", default="256/224", show_default=True, help="K_test^image / K_test.")
 @click.option("--scale", "area_range", nargs=2, type=float, default=None,
               help="sigma^2 range: RoC area as a fraction of the image [default: 0.08 1, the paper's].")
-@click.option("--draws", default=10, show_default=True, help="Train RoCs drawn per image.")
-@click.option("--limit", default=10_000, show_default=True, help="Read the sizes of at most this many images; 0: all.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--draws", default=default_of(RocConfig, "draws"), show_default=True, help="Train RoCs drawn per image.")
+@click.option("--limit", default=default_of(RocConfig, "limit"), show_default=True,
+              help="Read the sizes of at most this many images; 0: all.")
+@click.option("--seed", default=default_of(RocConfig, "seed"), show_default=True)
 @click.option("--out", default="runs/roc", show_default=True, type=click.Path(file_okay=False),
               help="Where roc.csv and roc.png go.")
 @user_errors
 def roc(resize_ratio, out, **opts):
     """The RoC's area as a fraction of the image at train and at test time (the paper's Fig. 2),
     from the split's real image sizes and the backend's RoC sampler."""
-    from .analysis.roc import RocConfig, report_lines, roc_areas, write_roc
+    from .analysis.roc import report_lines, roc_areas, write_roc
     from .analysis.scale import parse_ratio
 
     given = {k: v for k, v in opts.items() if v is not None}

@@ -59,8 +59,14 @@ def test_each_jobs_option_defaults_to_its_config_fields_default():
     from fixres_fast.spec import Recipe
     from fixres_fast.train import TrainConfig
 
+    from fixres_fast.analysis.roc import RocConfig
+    from fixres_fast.analysis.scale import ScaleConfig, parse_ratio
+
     jobs = {("train",): (TrainConfig, Recipe), ("adapt",): (AdaptConfig,), ("evaluate",): (EvalConfig,),
-            ("profile",): (ProfileConfig,), ("demo",): (DemoConfig,), ("analyze", "activations"): (ActivationsConfig,)}
+            ("profile",): (ProfileConfig,), ("demo",): (DemoConfig,), ("analyze", "activations"): (ActivationsConfig,),
+            ("analyze", "scale"): (ScaleConfig,), ("analyze", "roc"): (RocConfig,)}
+    #: analyze scale and roc pass only the options given (None: the config's default); the ratio is a fraction's text
+    given_only = {("analyze", "scale"), ("analyze", "roc")}
     no_field = {"gpus", "out"}  # processes to launch; the folder the edge writes to (not a job config field)
     renamed = {"compile_": "compile"}
     checked = 0
@@ -79,7 +85,12 @@ def test_each_jobs_option_defaults_to_its_config_fields_default():
             f = fields[name][1]
             want = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             default = p.get_default(click.Context(cmd))  # a flag's False where click leaves it unset
-            got = parse_resolutions(default) if isinstance(want, tuple) else default
+            if path in given_only and (default is None or p.multiple or p.nargs > 1):
+                continue
+            if name == "resize_ratio":
+                got = float(parse_ratio(default))
+            else:
+                got = parse_resolutions(default) if isinstance(want, tuple) else default
             assert got == want, f"{' '.join(path)} --{p.name}: default {default!r}, {fields[name][0].__name__}.{name} {want!r}"
             checked += 1
     assert checked > 50
