@@ -11,6 +11,8 @@ from .adapt import AUGS, BN_SCOPES, METHODS, AdaptConfig
 from .analysis.activations import ActivationsConfig
 from .analysis.roc import RocConfig
 from .analysis.scale import ScaleConfig
+from .convert import FORMATS, ConvertConfig
+from .convert.image import WRITE_MODES
 from .demo import DemoConfig
 from .errors import UserError
 from .evaluate import EvalConfig
@@ -77,21 +79,24 @@ def convert_options(fn):
     options = [
         click.argument("src", type=click.Path(file_okay=False)),
         click.argument("out", type=click.Path(file_okay=False)),
-        click.option("--format", "fmt", type=click.Choice(["beton", "recordio", "all"]), default="all",
+        click.option("--format", "fmt", type=click.Choice([*FORMATS, "all"]), default="all",
                      show_default=True, help="Records to write: FFCV .beton, MXNet RecordIO for DALI, or both."),
-        click.option("--max-side", default=512, show_default=True,
+        click.option("--max-side", default=default_of(ConvertConfig, "max_side"), show_default=True,
                      help="Longest side, in pixels, of stored images. Test DA needs a short side of "
                           f"K_test*{RESIZE_RATIO:.4f} (256/224) to avoid upsampling."),
-        click.option("--jpeg-quality", default=90, show_default=True, help="Quality of images that must be re-encoded."),
-        click.option("--sequential/--keep-progressive", default=True, show_default=True,
+        click.option("--jpeg-quality", default=default_of(ConvertConfig, "jpeg_quality"), show_default=True, help="Quality of images that must be re-encoded."),
+        click.option("--sequential/--keep-progressive", default=default_of(ConvertConfig, "sequential"), show_default=True,
                      help="Rewrite progressive JPEGs as sequential ones, losslessly (same pixels, faster to decode)."),
-        click.option("--write-mode", type=click.Choice(["jpg", "raw"]), default="jpg", show_default=True,
+        click.option("--write-mode", type=click.Choice(WRITE_MODES), default=default_of(ConvertConfig, "write_mode"),
+                     show_default=True,
                      help="How the .beton stores pixels: JPEG, or raw RGB (faster to load, far larger)."),
-        click.option("--shards", default=1, show_default=True, help="RecordIO shards per split."),
-        click.option("--workers", default=0, show_default=False, help="Encoding processes [default: all cores]."),
-        click.option("--test-res", default=288, show_default=True,
+        click.option("--shards", default=default_of(ConvertConfig, "shards"), show_default=True, help="RecordIO shards per split."),
+        click.option("--workers", default=default_of(ConvertConfig, "workers"), show_default=False,
+                     help="Encoding processes [default: all cores]."),
+        click.option("--test-res", default=default_of(ConvertConfig, "test_res"), show_default=True,
                      help="Largest test resolution K_test you intend; warns when --max-side is too small for it."),
-        click.option("--seed", default=0, show_default=True, help="Seed of the stored order of train records."),
+        click.option("--seed", default=default_of(ConvertConfig, "seed"), show_default=True,
+                     help="Seed of the stored order of train records."),
         click.option("--overwrite", is_flag=True, help="Replace a finished conversion in OUT made with other options."),
         click.option("--verify", "then_verify", is_flag=True, help="Re-read every record through FFCV and DALI afterwards."),
     ]
@@ -101,7 +106,6 @@ def convert_options(fn):
 
 
 def _run_convert(layout, src, out, fmt, then_verify, year=None, **opts):
-    from .convert import FORMATS, ConvertConfig
     from .convert import convert as run
     from .convert import verify as check
 

@@ -61,13 +61,16 @@ def test_each_jobs_option_defaults_to_its_config_fields_default():
 
     from fixres_fast.analysis.roc import RocConfig
     from fixres_fast.analysis.scale import ScaleConfig, parse_ratio
+    from fixres_fast.convert import ConvertConfig
 
     jobs = {("train",): (TrainConfig, Recipe), ("adapt",): (AdaptConfig,), ("evaluate",): (EvalConfig,),
             ("profile",): (ProfileConfig,), ("demo",): (DemoConfig,), ("analyze", "activations"): (ActivationsConfig,),
-            ("analyze", "scale"): (ScaleConfig,), ("analyze", "roc"): (RocConfig,)}
+            ("analyze", "scale"): (ScaleConfig,), ("analyze", "roc"): (RocConfig,),
+            **{("convert", layout): (ConvertConfig,) for layout in ("imagenet", "inat", "herbarium", "folder")}}
     #: analyze scale and roc pass only the options given (None: the config's default); the ratio is a fraction's text
     given_only = {("analyze", "scale"), ("analyze", "roc")}
-    no_field = {"gpus", "out"}  # processes to launch; the folder the edge writes to (not a job config field)
+    #: processes to launch; the folder the edge writes to; convert's --format (all: FORMATS), --verify (a second step)
+    no_field = {"gpus", "out", "fmt", "then_verify", "src"}
     renamed = {"compile_": "compile"}
     checked = 0
     for path, configs in jobs.items():
@@ -85,7 +88,7 @@ def test_each_jobs_option_defaults_to_its_config_fields_default():
             f = fields[name][1]
             want = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             default = p.get_default(click.Context(cmd))  # a flag's False where click leaves it unset
-            if path in given_only and (default is None or p.multiple or p.nargs > 1):
+            if (path in given_only or path[0] == "convert") and (default is None or p.multiple or p.nargs > 1):
                 continue
             if name == "resize_ratio":
                 got = float(parse_ratio(default))
