@@ -9,7 +9,7 @@ Gradients reach only the tuned parameters and no backward pass runs through the 
 test DA the trunk's output for an image never changes, so it is computed once (:func:`models.split_at`
 cuts the model before the first tuned layer) and every epoch runs the tuned layers alone; with test
 DA2 or train DA, or when the cache would exceed ``cache_mib``, each epoch streams through the frozen
-trunk in eval mode. ``test_res=None`` (``--test-res auto``) adapts at each candidate K_test (multiples
+trunk in eval mode. ``k_test=None`` (``--test-res auto``) adapts at each candidate K_test (multiples
 of 32, Appendix B) on part of a slice of the training set, measures top-1 on the rest of that slice,
 keeps the best, and reports Eq. 5's prediction beside it.
 """
@@ -19,33 +19,33 @@ import copy
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from . import checkpoint, frechet, progress
+from .artifacts import git_revision
+from .checkpoint import CheckpointMeta
 from .data import backend_for, check_res, data_record
 from .distributed import Dist
+from .engine import evaluate_loader, limited, pooled_features, train_step
 from .errors import UserError
-from .evaluate import evaluate_loader, model_from_checkpoint, test_spec
 from .geometry import RESOLUTION_STEP, k_test_calibrated, suggest_k_test
 from .seeds import Stream, seed_for
 from .models import TUNE, adaptation_mode, classifier, split_at, tuned_modules
 from .spec import (AREA_RANGE, AUTO_HOLDOUT, AUTO_IMAGES, AUTO_MIN_HELD_OUT, FINETUNE_LR_BATCH, adapt_epochs,
                    finetune_recipe, make_spec)
 from .runtime import amp_dtype, resolve_device
-from .train import lr_at
 
 AUGS, METHODS, BN_SCOPES = ("test", "test2", "train"), ("finetune", "frechet"), ("last", "all")
-STEP = RESOLUTION_STEP  # candidate test resolutions are multiples of this (Appendix B)
 
 
 @dataclass(frozen=True)
 class AdaptConfig:
     checkpoint: str
-    test_res: int | None = None  # K_test; None: choose it on a held-out slice of the training set ('auto')
+    k_test: int | None = None  # K_test (CLI: --test-res); None: choose it on a held-out slice of the training set ('auto')
     data: str | None = None  # a conversion's OUT folder; None: the one the checkpoint was trained on
     tune: str = "bn+fc"  # fc | bn+fc | bn-stats | last-stage
     bn_scope: str = "last"  # bn-stats: 'last' BN before pooling, or 'all'
@@ -74,7 +74,7 @@ class AdaptConfig:
 class _Job:
     """What every step needs: the options, the checkpoint's metadata, the data and the device."""
     cfg: AdaptConfig
-    meta: dict
+    meta: CheckpointMeta
     data: str
     device: torch.device
     dtype: torch.dtype | None
@@ -85,37 +85,36 @@ class _Job:
         order unless ``training`` (shuffled, whole batches)."""
         from .loaders import LoaderConfig, make_loader
 
-        spec = test_spec(self.meta, k) if mode == "test" else make_spec(mode, k)
+        spec = self.meta.test_spec(k) if mode == "test" else make_spec(mode, k)
         c = LoaderConfig(batch_size=batch_size or self.cfg.batch_size, device=str(self.device), seed=self.cfg.seed,
                          workers=self.cfg.workers, training=training, on_corrupt=self.cfg.on_corrupt)
         return make_loader(self.backend, spec, self.data, split, c)
 
     @property
     def k_train(self) -> int:
-        return self.meta["train_res"]
+        return self.meta.k_train
 
 
 def adapt(cfg: AdaptConfig, log=print) -> dict:
     """Adapt ``cfg.checkpoint`` to K_test and save it; returns the new checkpoint's 'adaptation' metadata."""
     _check_options(cfg)
-    doc = checkpoint.load(cfg.checkpoint)
     device = resolve_device(cfg.device)
-    model = model_from_checkpoint(doc, device, cfg.checkpoint)
-    data = checkpoint.data_for(doc, cfg.data, cfg.checkpoint)
-    job = _Job(cfg, doc["meta"], data, device, amp_dtype(cfg.amp, device), backend_for(cfg.backend, device, data))
+    model, meta = checkpoint.open_model(cfg.checkpoint, device)
+    data = checkpoint.data_for(meta, cfg.data, cfg.checkpoint)
+    job = _Job(cfg, meta, data, device, amp_dtype(cfg.amp, device), backend_for(cfg.backend, device, data))
     tuned_modules(model, cfg.tune if cfg.method == "finetune" else "fc", cfg.bn_scope, job.k_train)  # fail early
     t0 = time.perf_counter()
     auto = None
-    if cfg.test_res is None:
+    if cfg.k_test is None:
         k_test, auto = choose_k_test(model, job, log)
     else:
-        k_test = check_res(test_spec(job.meta, cfg.test_res), job.data, "--test-res")
+        k_test = check_res(job.meta.test_spec(cfg.k_test), job.data, "--test-res")
     t_auto = time.perf_counter() - t0
-    before = _val_top1(model, job, k_test, "before")
+    before = _val_top1(model, job, k_test, "before", log)
     t1 = time.perf_counter()
     info = adapt_at(model, job, k_test, log)
     seconds = time.perf_counter() - t1
-    after = _val_top1(model, job, k_test, "after")
+    after = _val_top1(model, job, k_test, "after", log)
     if before is not None:
         log(f"val top-1 at K_test={k_test}: {before:.2f}% before, {after:.2f}% after adaptation")
     result = {"k_test": k_test, "method": cfg.method, "tune": cfg.tune, "bn_scope": cfg.bn_scope, "aug": cfg.aug,
@@ -124,11 +123,8 @@ def adapt(cfg: AdaptConfig, log=print) -> dict:
               "seconds_auto": t_auto, "auto": auto,
               "val_top1_before": before, "val_top1_after": after, **info}
     out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(f"{Path(cfg.checkpoint).stem}-adapted{k_test}.pt")
-    meta = job.meta
-    checkpoint.save(out, model, {**meta, "test_res": k_test, "git": checkpoint.git_revision(), "adaptation": result,
-                                 "data": data_record(job.data),
-                                 "preprocessing": {**meta["preprocessing"],
-                                                   "test": {"mode": "test", **asdict(test_spec(meta, k_test))}}})
+    checkpoint.save(out, model, replace(meta, k_test=k_test, test_da=meta.test_spec(k_test), revision=git_revision(),
+                                        adaptation=result, data=data_record(job.data)))
     log(f"adapted in {seconds:.1f} s; wrote {out}")
     return {**result, "out": str(out)}
 
@@ -140,17 +136,22 @@ def _check_options(cfg: AdaptConfig) -> None:
             raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
     if (cfg.epochs is not None and cfg.epochs < 1) or cfg.batch_size < 2:
         raise UserError(f"expected --epochs >= 1 and --batch-size >= 2 (BN needs 2 images), got {cfg.epochs} and {cfg.batch_size}")
-    if cfg.test_res is not None and cfg.test_res <= 0:
-        raise UserError(f"--test-res must be a positive number of pixels (or 'auto'), got {cfg.test_res}")
+    if cfg.k_test is not None and cfg.k_test <= 0:
+        raise UserError(f"--test-res must be a positive number of pixels (or 'auto'), got {cfg.k_test}")
 
 
-def _val_top1(model, job: _Job, k: int, when: str) -> float | None:
-    """Top-1 on the validation split at ``k`` (``when``: before or after adaptation, for the bar)."""
+def _val_top1(model, job: _Job, k: int, when: str, log) -> float | None:
+    """Top-1 on the validation split at ``k`` (``when``: before or after adaptation, for the bar); None where the
+    data set has no validation split (said once). Any other problem with the split (a missing file) is an error."""
     if not job.cfg.evaluate:
         return None
     try:
         loader = job.loader(k, split="val", batch_size=min(job.cfg.batch_size, 256))
-    except UserError:  # no validation split
+    except UserError as e:
+        if "has no split 'val'" not in str(e):  # the loaders' words for a data set without the split
+            raise
+        if when == "before":
+            log(f"{job.data} has no validation split: top-1 before and after adaptation is not measured")
         return None
     return evaluate_loader(model, loader, Dist(device=job.device), job.dtype, f"val @ {k}, {when} adaptation")[0]
 
@@ -166,7 +167,7 @@ def adapt_at(model, job: _Job, k: int, log) -> dict:
     tuned = tuned_modules(model, cfg.tune, cfg.bn_scope, k)
     if cfg.tune == "bn-stats":
         loader = _with_bar(job.loader(k), f"BN statistics @ {k}", cfg.stats_images)
-        reestimate_bn(model, tuned.values(), _limited((((x,), y) for x, y in loader), cfg.stats_images), job.dtype)
+        reestimate_bn(model, tuned.values(), limited((((x,), y) for x, y in loader), cfg.stats_images), job.dtype)
         return {"tuned": list(tuned), "cached": False}
     cached = _cache(model, tuned, job, k, log) if cfg.aug == "test" and cfg.cache else None
     adaptation_mode(model, tuned.values())
@@ -192,16 +193,6 @@ def _with_bar(loader, desc: str, limit: int | None = None):
     return progress.images(loader, desc, int(min(limit or math.inf, loader.epoch_length)))
 
 
-def _limited(batches, limit=None):
-    """The first ``limit`` images (at least one batch) of a stream of (inputs, labels)."""
-    seen = 0
-    for inputs, labels in batches:
-        yield inputs, labels
-        seen += labels.shape[0]
-        if limit is not None and seen >= limit:
-            return
-
-
 def _cache(model, tuned, job: _Job, k: int, log, limit: int | None = None):
     """(tail, inputs, labels): the frozen trunk's outputs that the tuned layers need, over the training set
     (in stored order, the first ``limit`` images) with test DA at ``k``; None where they cannot be cached."""
@@ -215,7 +206,7 @@ def _cache(model, tuned, job: _Job, k: int, log, limit: int | None = None):
     outs, labels = [], []
     model.eval()
     with torch.no_grad(), torch.autocast(job.device.type, dtype=job.dtype or torch.float32, enabled=job.dtype is not None):
-        for x, y in _limited(_with_bar(loader, f"caching the frozen trunk @ {k}", limit), limit):
+        for x, y in limited(_with_bar(loader, f"caching the frozen trunk @ {k}", limit), limit):
             outs.append(head(x))
             labels.append(y)
             if len(outs) == 1:
@@ -252,24 +243,14 @@ def fit(tail, modules, batches, steps: int, epochs: int, job: _Job, log) -> None
         total, n = torch.zeros((), device=job.device), 0
         for i, (inputs, labels) in enumerate(batches(epoch)):
             for g in optimizer.param_groups:
-                g["lr"] = lr_at(recipe, epoch + i / steps)
-            with torch.autocast(job.device.type, dtype=job.dtype or torch.float32, enabled=job.dtype is not None):
-                loss = F.cross_entropy(tail(*inputs), labels)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            total += loss.detach()
+                g["lr"] = recipe.lr_at(epoch + i / steps)
+            total += train_step(tail, tuple(inputs), labels, optimizer, F.cross_entropy, job.dtype, scaler)
             n += 1
         last = total.item() / max(n, 1)
-        bar.set_postfix(loss=f"{last:.4f}", lr=f"{lr_at(recipe, epoch):.2e}", refresh=False)
+        bar.set_postfix(loss=f"{last:.4f}", lr=f"{recipe.lr_at(epoch):.2e}", refresh=False)
         bar.update()
     bar.close()
-    log(f"fine-tuned {recipe.epochs} epochs: last epoch's loss {last:.4f}, lr {lr_at(recipe, recipe.epochs - 1):.2e}")
+    log(f"fine-tuned {recipe.epochs} epochs: last epoch's loss {last:.4f}, lr {recipe.lr_at(recipe.epochs - 1):.2e}")
 
 
 @torch.no_grad()
@@ -314,33 +295,18 @@ def _pooled(model, job: _Job, k: int, limit: int):
     return pooled_features(model, _with_bar(job.loader(k), f"pooled activations @ {k}", limit), limit)[0].numpy()
 
 
-@torch.no_grad()
-def pooled_features(model, loader, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(classifier inputs (N, C) on the CPU, labels): the vectors after global pooling."""
-    feats, labels = [], []
-    hook = classifier(model).register_forward_pre_hook(lambda m, args: feats.append(args[0].float().cpu()))
-    model.eval()
-    try:
-        for (x,), y in _limited((((x,), y) for x, y in loader), limit):
-            model(x)
-            labels.append(y.cpu())
-    finally:
-        hook.remove()
-    n = min(limit or math.inf, sum(len(y) for y in labels))
-    return torch.cat(feats)[:n], torch.cat(labels)[:n]
-
-
 # --- --test-res auto ---------------------------------------------------------------------------------
 
 
 def candidates(job: _Job) -> list[int]:
     """Multiples of 32 from K_train (rounded down) to 2 K_train that the stored records allow."""
     k_train = job.k_train
-    ks = job.cfg.candidates or tuple(range(max(STEP, k_train // STEP * STEP), 2 * k_train + 1, STEP))
+    step = RESOLUTION_STEP  # candidates are multiples of it (Appendix B)
+    ks = job.cfg.candidates or tuple(range(max(step, k_train // step * step), 2 * k_train + 1, step))
     allowed = []
     for k in ks:
         try:
-            allowed.append(check_res(test_spec(job.meta, k), job.data, "--test-res"))
+            allowed.append(check_res(job.meta.test_spec(k), job.data, "--test-res"))
         except UserError:
             pass
     if not allowed:
@@ -360,11 +326,11 @@ def choose_k_test(model, job: _Job, log) -> tuple[int, dict]:
         classifier(model)._forward_pre_hooks.clear()  # a Fréchet map attached by the trial
         log(f"auto: K_test={k}: top-1 {top1[k]:.2f}% on the {n - n_fit} held-out training images")
     best = max(top1, key=top1.get)
-    area = job.meta["preprocessing"]["train"].get("area_range", AREA_RANGE)
-    ratio = test_spec(job.meta, best).resize_ratio
-    eq5 = suggest_k_test(job.k_train, ratio, tuple(area), STEP)
+    area = getattr(job.meta.train_da, "area_range", AREA_RANGE)  # train DA's; AREA_RANGE for other modes
+    ratio = job.meta.test_spec(best).resize_ratio
+    eq5 = suggest_k_test(job.k_train, ratio, tuple(area), RESOLUTION_STEP)
     log(f"auto: K_test = {best} (best on the held-out slice); Eq. 5 predicts {eq5} "
-        f"(calibrated {k_test_calibrated(job.k_train, ratio, tuple(area)):.1f}, rounded to a multiple of {STEP})")
+        f"(calibrated {k_test_calibrated(job.k_train, ratio, tuple(area)):.1f}, rounded to a multiple of {RESOLUTION_STEP})")
     return best, {"top1": top1, "chosen": best, "eq5": eq5, "images": n, "held_out": n - n_fit}
 
 

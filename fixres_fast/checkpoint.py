@@ -3,7 +3,11 @@
 Like timm's pretrained configs (``input_size`` / ``test_input_size``, ``crop_pct``), a checkpoint
 carries its train and test resolutions and pre-processing as data, so later commands use them by
 default, and the data set it was trained or adapted on (absolute path and the manifest's SHA-256).
-Files are written atomically (temporary file, fsync, rename).
+Files are written atomically (temporary file, fsync, rename: :mod:`fixres_fast.artifacts`).
+
+:class:`CheckpointMeta` is the typed form of the metadata; jobs read it, never a key by string. On disk it is
+a dict of plain types whose keys are those every earlier version wrote (``train_res``, ``test_res``,
+``preprocessing``, ...), so old checkpoints load unchanged (:meth:`CheckpointMeta.from_dict`).
 
 A checkpoint holds plain types only (tensors, numbers, strings, lists, tuples, dicts, None) and is
 read with ``torch.load(weights_only=True)``: a file whose unpickling would call other Python objects
@@ -14,28 +18,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import subprocess
 import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from .artifacts import torch_save
 from .errors import UserError
+from .spec import IMAGENET_MEAN, IMAGENET_STD, MODES, RESIZE_RATIO, Recipe, TestDA, TrainDA, mode_of
 
 REQUIRED_META = ("arch", "num_classes", "train_res", "test_res", "preprocessing")
 PLAIN = (bool, int, float, str, type(None))  # with tensors, and lists, tuples and dicts of them
-
-
-def git_revision() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    if rev.returncode:
-        return "unknown"
-    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -67,15 +61,10 @@ def plain(value, where: str = "checkpoint"):
     raise TypeError(f"{where} is a {type(value).__name__}; a checkpoint holds only plain types")
 
 
-def save(path: str | Path, model: torch.nn.Module, meta: dict, **state) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    doc = {"model": unwrap(model).state_dict(), "meta": plain(meta, "meta"), **plain(state)}
-    with open(tmp, "wb") as f:
-        torch.save(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def save(path: str | Path, model: torch.nn.Module, meta: CheckpointMeta | dict, **state) -> None:
+    """``model``'s weights, ``meta`` and further training ``state`` (plain types), written atomically."""
+    meta = meta.to_dict() if isinstance(meta, CheckpointMeta) else meta
+    torch_save(path, {"model": unwrap(model).state_dict(), "meta": plain(meta, "meta"), **plain(state)})
 
 
 def load(path: str | Path, map_location="cpu") -> dict:
@@ -148,17 +137,107 @@ def _invalid(doc: dict) -> str | None:
     return None
 
 
+# --- The metadata, typed ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint says about itself (cf. timm's pretrained cfg: ``input_size``, ``test_input_size``,
+    ``crop_pct``): the model, its classes, K_train and K_test with their augmentation specs and normalisation,
+    the recipe, the data set it was trained or adapted on, and how it was adapted."""
+
+    arch: str
+    num_classes: int
+    k_train: int  # on disk: train_res
+    k_test: int  # on disk: test_res
+    test_da: TestDA  # test DA at k_test, with the resize ratio the checkpoint is evaluated with
+    train_da: TrainDA | TestDA | None = None  # the augmentation it was trained with (None: an early checkpoint)
+    classes: tuple[str, ...] | None = None  # class names in label order (None: only their number is known)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    recipe: Recipe | None = None
+    data: dict | None = None  # {'path': absolute, 'manifest_sha256': str or None} (data.data_record)
+    adaptation: dict | None = None  # what `fixres-fast adapt` did (k_test, method, tune, frechet, ...)
+    resumed_from: tuple = ()  # earlier settings of a run `train --resume-changed` continued
+    epoch: int | None = None
+    results: dict = field(default_factory=dict)
+    revision: str = "unknown"  # on disk: git
+    version: str | None = None  # on disk: fixres_fast
+    #: the data set an older checkpoint names without a record (adaptation.data or config.data); never written
+    legacy_data: str | None = field(default=None, compare=False)
+
+    def test_spec(self, k_test: int) -> TestDA:
+        """Test DA at ``k_test`` with the resize ratio the checkpoint was evaluated with."""
+        return TestDA(k_test=k_test, resize_ratio=self.test_da.resize_ratio)
+
+    def adapted(self, key: str):
+        """The adaptation record's ``key`` (e.g. 'k_test', 'tune', 'method'), or None (not adapted, or not recorded)."""
+        return (self.adaptation or {}).get(key)
+
+    @property
+    def frechet(self) -> dict | None:
+        """The Fréchet equalisation an adaptation attached after pooling ({scale, shift, ...}), or None."""
+        return self.adapted("frechet")
+
+    def to_dict(self) -> dict:
+        """The plain dict written into the checkpoint, with the keys every earlier version wrote."""
+        pre = {"test": {"mode": "test", **asdict(self.test_da)}, "mean": tuple(self.mean), "std": tuple(self.std)}
+        if self.train_da is not None:
+            pre = {"train": {"mode": mode_of(self.train_da), **asdict(self.train_da)}, **pre}
+        doc = {"arch": self.arch, "num_classes": self.num_classes,
+               "classes": None if self.classes is None else list(self.classes), "data": self.data,
+               "resumed_from": list(self.resumed_from), "train_res": self.k_train, "test_res": self.k_test,
+               "preprocessing": pre, "recipe": None if self.recipe is None else asdict(self.recipe),
+               "epoch": self.epoch, "results": dict(self.results), "git": self.revision, "fixres_fast": self.version}
+        if self.adaptation is not None:
+            doc["adaptation"] = self.adaptation
+        return doc
+
+    @classmethod
+    def from_dict(cls, meta: dict, config: dict | None = None) -> CheckpointMeta:
+        """The metadata of a checkpoint (``meta``, checked by :func:`load`; any earlier version's layout), with
+        the training ``config`` it carries, if any (an early checkpoint names its data set only there)."""
+        pre = meta["preprocessing"]
+        test = {"k_test": meta["test_res"], "resize_ratio": RESIZE_RATIO, **pre["test"]}
+        recipe = meta.get("recipe")
+        names = {f.name for f in dataclasses.fields(Recipe)}
+        history = meta.get("resumed_from")
+        legacy = (meta.get("adaptation") or {}).get("data") or (config if isinstance(config, dict) else {}).get("data")
+        return cls(arch=meta["arch"], num_classes=meta["num_classes"], k_train=meta["train_res"],
+                   k_test=meta["test_res"], test_da=_spec(test, "test"),
+                   train_da=_spec(pre["train"], "train") if isinstance(pre.get("train"), dict) else None,
+                   classes=None if meta.get("classes") is None else tuple(meta["classes"]),
+                   mean=tuple(pre.get("mean", IMAGENET_MEAN)), std=tuple(pre.get("std", IMAGENET_STD)),
+                   recipe=Recipe(**{k: v for k, v in recipe.items() if k in names}) if isinstance(recipe, dict) else None,
+                   data=meta.get("data"), adaptation=meta.get("adaptation"),
+                   resumed_from=tuple(history) if isinstance(history, list) else (),
+                   epoch=meta.get("epoch"), results=dict(meta.get("results") or {}),
+                   revision=meta.get("git", "unknown"), version=meta.get("fixres_fast"),
+                   legacy_data=legacy if isinstance(legacy, str) and legacy else None)
+
+
+def _spec(d: dict, default_mode: str):
+    """The TrainDA / TestDA / TestDA2 a preprocessing entry ({'mode', **fields}) describes; lists become tuples."""
+    kind = MODES[d.get("mode", default_mode)]
+    names = {f.name for f in dataclasses.fields(kind)}
+    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+
+
+def meta_of(doc: dict) -> CheckpointMeta:
+    """The typed metadata of a checkpoint :func:`load` returned."""
+    return CheckpointMeta.from_dict(doc["meta"], doc.get("config"))
+
+
 # --- A checkpoint against what it is used with: its own weights, the model, the data set ---------------
 
 
 def load_weights(model: torch.nn.Module, doc: dict, path) -> None:
     """Load ``doc``'s weights into ``model`` (strict); a clear error where they do not fit the model its
     metadata describes."""
-    meta, weights = doc["meta"], doc["model"]
-    classes = meta.get("classes")
-    if classes is not None and len(classes) != meta["num_classes"]:
-        raise UserError(f"the checkpoint {path} is inconsistent: its metadata says {meta['num_classes']} classes "
-                        f"but lists {len(classes)} class names; re-save it with matching metadata")
+    meta, weights = meta_of(doc), doc["model"]
+    if meta.classes is not None and len(meta.classes) != meta.num_classes:
+        raise UserError(f"the checkpoint {path} is inconsistent: its metadata says {meta.num_classes} classes "
+                        f"but lists {len(meta.classes)} class names; re-save it with matching metadata")
     own = model.state_dict()
     problems = [f"{k} has shape {tuple(weights[k].shape)}, the model's {tuple(v.shape)}"
                 for k, v in own.items() if k in weights and weights[k].shape != v.shape]
@@ -166,31 +245,40 @@ def load_weights(model: torch.nn.Module, doc: dict, path) -> None:
     problems += [f"{k} is not in the model" for k in weights if k not in own]
     if problems:
         more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
-        raise UserError(f"the checkpoint {path} is inconsistent: its metadata says a {meta['arch']} with "
-                        f"{meta['num_classes']} classes, but its weights do not fit that model: "
+        raise UserError(f"the checkpoint {path} is inconsistent: its metadata says a {meta.arch} with "
+                        f"{meta.num_classes} classes, but its weights do not fit that model: "
                         f"{'; '.join(problems[:2])}{more}; re-save it with the metadata of the model it holds")
     model.load_state_dict(weights)
 
 
-def data_set(meta: dict) -> dict | None:
-    """The data set recorded in ``meta`` ({'path': absolute, 'manifest_sha256': str or None}), or None."""
-    return meta.get("data")  # its form is checked by load()
+def model_from_checkpoint(doc: dict, device: torch.device, path="the checkpoint") -> torch.nn.Module:
+    """The model a checkpoint (read from ``path``) describes, weights loaded, in eval mode, channels-last, with an
+    adapted checkpoint's Fréchet equalisation attached after pooling."""
+    from . import frechet
+    from .models import build_model, classifier
+
+    meta = meta_of(doc)
+    model = build_model(meta.arch, meta.num_classes)
+    load_weights(model, doc, path)
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    if meta.frechet:
+        frechet.attach(classifier(model), meta.frechet["scale"], meta.frechet["shift"])
+    return model
 
 
-def resumed_from(meta: dict) -> list:
-    """Earlier settings of a run that ``train --resume-changed`` continued: {epoch, step, config, data, changed}."""
-    history = meta.get("resumed_from")
-    return list(history) if isinstance(history, list) else []
+def open_model(path, device: torch.device) -> tuple[torch.nn.Module, CheckpointMeta]:
+    """(model, metadata) of the checkpoint at ``path``: read safely, checked, on ``device`` in eval mode."""
+    doc = load(path)
+    return model_from_checkpoint(doc, device, path), meta_of(doc)
 
 
-def data_for(doc: dict, data: str | None, path) -> str:
-    """The data set to use with the checkpoint ``doc`` (read from ``path``): ``data`` when given, else the one
+def data_for(meta: CheckpointMeta, data: str | None, path) -> str:
+    """The data set to use with the checkpoint ``meta`` (read from ``path``): ``data`` when given, else the one
     it records (its path and manifest checked), else (older checkpoints) ``adaptation.data`` or ``config.data``;
     its classes checked against the checkpoint's."""
     from .data import check_classes, data_record
 
-    meta = doc["meta"]
-    rec = data_set(meta)
+    rec = meta.data
     if data:
         chosen = str(data)
     elif rec is not None:
@@ -203,9 +291,9 @@ def data_for(doc: dict, data: str | None, path) -> str:
             raise UserError(f"the records in {chosen} changed after {path} was trained or adapted on them (its "
                             "manifest.json's SHA-256 differs: converted again?); pass --data OUT to use them anyway")
     else:
-        config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
-        chosen = (meta.get("adaptation") or {}).get("data") or config.get("data")
-        if not isinstance(chosen, str) or not chosen:
+        chosen = meta.legacy_data
+        if chosen is None:
             raise UserError(f"{path} does not say which data set it was trained on; pass --data OUT")
-    check_classes(meta.get("classes"), meta["num_classes"], chosen, f"the checkpoint {path}")
+    check_classes(None if meta.classes is None else list(meta.classes), meta.num_classes, chosen,
+                  f"the checkpoint {path}")
     return chosen

@@ -1,14 +1,36 @@
 """The ``fixres-fast`` command: a thin layer that parses options and calls library functions."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
 import click
 
+from .adapt import AUGS, BN_SCOPES, METHODS, AdaptConfig
+from .analysis.activations import ActivationsConfig
+from .analysis.roc import RocConfig
+from .analysis.scale import ScaleConfig
+from .convert import FORMATS, ConvertConfig
+from .convert.image import WRITE_MODES
+from .demo import DemoConfig
 from .errors import UserError
-from .runtime import parse_resolutions
-from .spec import ADAPT_EPOCHS_STREAMED, AUTO_HOLDOUT, AUTO_IMAGES, FINETUNE_EPOCHS, FINETUNE_LR_BATCH, RESIZE_RATIO
+from .evaluate import EvalConfig
+from .loaders import BACKENDS
+from .loaders.common import ON_CORRUPT
+from .models import TUNE
+from .profile import ProfileConfig
+from .runtime import AMP, parse_resolutions
+from .spec import ADAPT_EPOCHS_STREAMED, FINETUNE_EPOCHS, MODES, RESIZE_RATIO, SCHEDULES, Recipe
+from .train import TrainConfig
+
+
+def default_of(config, name: str):
+    """The default of the dataclass ``config``'s field ``name``, so that each CLI default has one source; a tuple
+    of resolutions as the comma-separated text the option takes."""
+    f = config.__dataclass_fields__[name]
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return ",".join(map(str, value)) if isinstance(value, tuple) else value
 
 
 ON_CORRUPT_HELP = ("A damaged record (its bytes differ from the CRC-32 the conversion recorded; without CRCs, libjpeg "
@@ -57,21 +79,24 @@ def convert_options(fn):
     options = [
         click.argument("src", type=click.Path(file_okay=False)),
         click.argument("out", type=click.Path(file_okay=False)),
-        click.option("--format", "fmt", type=click.Choice(["beton", "recordio", "all"]), default="all",
+        click.option("--format", "fmt", type=click.Choice([*FORMATS, "all"]), default="all",
                      show_default=True, help="Records to write: FFCV .beton, MXNet RecordIO for DALI, or both."),
-        click.option("--max-side", default=512, show_default=True,
+        click.option("--max-side", default=default_of(ConvertConfig, "max_side"), show_default=True,
                      help="Longest side, in pixels, of stored images. Test DA needs a short side of "
                           f"K_test*{RESIZE_RATIO:.4f} (256/224) to avoid upsampling."),
-        click.option("--jpeg-quality", default=90, show_default=True, help="Quality of images that must be re-encoded."),
-        click.option("--sequential/--keep-progressive", default=True, show_default=True,
+        click.option("--jpeg-quality", default=default_of(ConvertConfig, "jpeg_quality"), show_default=True, help="Quality of images that must be re-encoded."),
+        click.option("--sequential/--keep-progressive", default=default_of(ConvertConfig, "sequential"), show_default=True,
                      help="Rewrite progressive JPEGs as sequential ones, losslessly (same pixels, faster to decode)."),
-        click.option("--write-mode", type=click.Choice(["jpg", "raw"]), default="jpg", show_default=True,
+        click.option("--write-mode", type=click.Choice(WRITE_MODES), default=default_of(ConvertConfig, "write_mode"),
+                     show_default=True,
                      help="How the .beton stores pixels: JPEG, or raw RGB (faster to load, far larger)."),
-        click.option("--shards", default=1, show_default=True, help="RecordIO shards per split."),
-        click.option("--workers", default=0, show_default=False, help="Encoding processes [default: all cores]."),
-        click.option("--test-res", default=288, show_default=True,
+        click.option("--shards", default=default_of(ConvertConfig, "shards"), show_default=True, help="RecordIO shards per split."),
+        click.option("--workers", default=default_of(ConvertConfig, "workers"), show_default=False,
+                     help="Encoding processes [default: all cores]."),
+        click.option("--test-res", default=default_of(ConvertConfig, "test_res"), show_default=True,
                      help="Largest test resolution K_test you intend; warns when --max-side is too small for it."),
-        click.option("--seed", default=0, show_default=True, help="Seed of the stored order of train records."),
+        click.option("--seed", default=default_of(ConvertConfig, "seed"), show_default=True,
+                     help="Seed of the stored order of train records."),
         click.option("--overwrite", is_flag=True, help="Replace a finished conversion in OUT made with other options."),
         click.option("--verify", "then_verify", is_flag=True, help="Re-read every record through FFCV and DALI afterwards."),
     ]
@@ -81,7 +106,6 @@ def convert_options(fn):
 
 
 def _run_convert(layout, src, out, fmt, then_verify, year=None, **opts):
-    from .convert import FORMATS, ConvertConfig
     from .convert import convert as run
     from .convert import verify as check
 
@@ -157,14 +181,15 @@ def verify_cmd(out, workers):
 def run_options(fn):
     """--backend, --device, --amp, --workers and --on-corrupt, as every job that runs a model on records takes them."""
     options = [
-        click.option("--backend", type=click.Choice(["auto", "dali", "ffcv", "torch"]), default="auto",
+        click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default=default_of(EvalConfig, "backend"),
                      help="Loader: auto is, of those that can read the data, DALI on a GPU where installed, else FFCV where "
                           "installed, else torch."),
-        click.option("--device", default="auto", help="cuda, cpu or auto (cuda when torch sees a GPU)."),
-        click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto",
-                     help="Mixed precision: auto is bf16 on a GPU that supports it, else off."),
-        click.option("--workers", default=0, show_default=False, help="Loader workers [default: all cores]."),
-        click.option("--on-corrupt", type=click.Choice(["stop", "skip"]), default="stop",
+        click.option("--device", default=default_of(EvalConfig, "device"), help="cuda, cpu or auto (cuda when torch sees a GPU)."),
+        click.option("--amp", type=click.Choice(AMP), default=default_of(EvalConfig, "amp"),
+                     help="Mixed precision: auto is bf16 on a GPU that supports it (fp16 uses a GradScaler), else off."),
+        click.option("--workers", default=default_of(EvalConfig, "workers"), show_default=False,
+                     help="Loader workers [default: all cores]."),
+        click.option("--on-corrupt", type=click.Choice(ON_CORRUPT), default=default_of(EvalConfig, "on_corrupt"),
                      help=ON_CORRUPT_HELP),
     ]
     for option in reversed(options):
@@ -174,39 +199,35 @@ def run_options(fn):
 
 @main.command(context_settings={"show_default": True}, short_help="Train a classifier at K_train with the paper's recipe.")
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="A conversion's OUT folder (or an ImageFolder tree).")
-@click.option("--out", default="runs/train", type=click.Path(file_okay=False), help="Checkpoints (last.pt, best.pt) and metrics.jsonl.")
-@click.option("--arch", default="resnet50", help="Model name from torchvision, else timm.")
-@click.option("--res", default=224, help="K_train: the train resolution (train DA's RandomResizedCrop output).")
+@click.option("--out", default=default_of(TrainConfig, "out"), type=click.Path(file_okay=False),
+              help="Checkpoints (last.pt, best.pt) and metrics.jsonl.")
+@click.option("--arch", default=default_of(TrainConfig, "arch"), help="Model name from torchvision, else timm.")
+@click.option("--res", "k_train", default=default_of(TrainConfig, "k_train"),
+              help="K_train: the train resolution (train DA's RandomResizedCrop output).")
 @click.option("--gpus", default=1, help="Processes on this machine, one per GPU (gloo CPU processes with --device cpu); "
               "runs the same command under torchrun. On several nodes, call torchrun yourself.")
-@click.option("--backend", type=click.Choice(["auto", "dali", "ffcv", "torch"]), default="auto",
-              help="Loader; auto: of those that can read --data, DALI on GPU, else FFCV, else torchvision.")
-@click.option("--device", default="auto", help="cuda, cpu or auto.")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto",
-              help="Mixed precision: auto = bf16 where the GPU supports it, fp16 uses a GradScaler.")
+@run_options
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option("--epochs", default=120, help="Paper: 120.")
-@click.option("--batch-size", default=512, help="B, over all processes (paper: 512).")
-@click.option("--lr", type=float, default=None, help="Learning rate [default: 0.1*B/256, the paper's rule].")
-@click.option("--momentum", default=0.9)
-@click.option("--weight-decay", default=1e-4)
-@click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", help="step: lr/10 every --step-epochs.")
-@click.option("--step-epochs", default=30)
-@click.option("--warmup-epochs", default=0.0, help="Linear warm-up from 0.")
-@click.option("--label-smoothing", default=0.0)
+@click.option("--epochs", default=default_of(Recipe, "epochs"), help="Paper: 120.")
+@click.option("--batch-size", default=default_of(Recipe, "batch_size"), help="B, over all processes (paper: 512).")
+@click.option("--lr", type=float, default=default_of(Recipe, "lr"), help="Learning rate [default: 0.1*B/256, the paper's rule].")
+@click.option("--momentum", default=default_of(Recipe, "momentum"))
+@click.option("--weight-decay", default=default_of(Recipe, "weight_decay"))
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=default_of(Recipe, "schedule"),
+              help="step: lr/10 every --step-epochs.")
+@click.option("--step-epochs", default=default_of(Recipe, "step_epochs"))
+@click.option("--warmup-epochs", default=default_of(Recipe, "warmup_epochs"), help="Linear warm-up from 0.")
+@click.option("--label-smoothing", default=default_of(Recipe, "label_smoothing"))
 @click.option("--no-bn-weight-decay", is_flag=True, help="No weight decay on BatchNorm parameters and biases.")
-@click.option("--repeats", default=3, help="Repeated augmentation: copies of each image per epoch (paper: 3).")
-@click.option("--aug", type=click.Choice(["train", "test", "test2"]), default="train", help="Train DA (paper), or test DA / DA2.")
-@click.option("--eval-res", default="", show_default=False,
+@click.option("--repeats", default=default_of(Recipe, "repeats"), help="Repeated augmentation: copies of each image per epoch (paper: 3).")
+@click.option("--aug", type=click.Choice(list(MODES)), default=default_of(TrainConfig, "aug"), help="Train DA (paper), or test DA / DA2.")
+@click.option("--eval-res", default=default_of(TrainConfig, "eval_res"), show_default=False,
               help="Further test resolutions to evaluate after each epoch, e.g. 224,288 [default: none].")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt.")
 @click.option("--resume-changed", is_flag=True, help="With --resume: continue although the data, --res, --aug, --seed "
               "or the recipe differ from OUT/last.pt's (refused otherwise); the checkpoint records both.")
 @click.option("--tensorboard", is_flag=True, help="Also write each epoch's metrics as TensorBoard scalars in OUT/tensorboard.")
-@click.option("--seed", default=0)
-@click.option("--workers", default=0, show_default=False, help="Loader workers [default: all cores].")
-@click.option("--on-corrupt", type=click.Choice(["stop", "skip"]), default="stop",
-              help=ON_CORRUPT_HELP)
+@click.option("--seed", default=default_of(TrainConfig, "seed"))
 @user_errors
 def train(gpus, compile_, eval_res, **opts):
     """Train a classifier at K_train with the paper's recipe (SGD, lr 0.1*B/256 divided by 10 every
@@ -215,12 +236,9 @@ def train(gpus, compile_, eval_res, **opts):
     Training at a low resolution is cheaper; `fixres-fast adapt` then fixes the model for a higher
     test resolution. After each epoch the model is evaluated at K_train (and --eval-res).
     """
-    import dataclasses
     import sys
 
     from .distributed import relaunch_under_torchrun
-    from .spec import Recipe
-    from .train import TrainConfig
     from .train import train as run
 
     if gpus > 1 and "WORLD_SIZE" not in os.environ:
@@ -236,17 +254,19 @@ def train(gpus, compile_, eval_res, **opts):
 
 
 @main.command(context_settings={"show_default": True}, short_help="Run the method end to end on small offline data sets.")
-@click.option("--out", default="runs/demo", type=click.Path(file_okay=False),
+@click.option("--out", default=default_of(DemoConfig, "out"), type=click.Path(file_okay=False),
               help="Where the sample data sets, records, checkpoints and results go.")
-@click.option("--k-train", default=32, help="Train resolution of the FixRes network.")
-@click.option("--k-test", default=64, help="Test resolution to adapt to (the composites' size).")
-@click.option("--images", "n_train", default=4000, help="Training images (half as many for validation).")
-@click.option("--epochs", default=8, help="Training epochs of each network.")
-@click.option("--adapt-epochs", type=int, default=None,
+@click.option("--k-train", default=default_of(DemoConfig, "k_train"), help="Train resolution of the FixRes network.")
+@click.option("--k-test", default=default_of(DemoConfig, "k_test"), help="Test resolution to adapt to (the composites' size).")
+@click.option("--images", "n_train", default=default_of(DemoConfig, "n_train"),
+              help="Training images (half as many for validation).")
+@click.option("--epochs", default=default_of(DemoConfig, "epochs"), help="Training epochs of each network.")
+@click.option("--adapt-epochs", type=int, default=default_of(DemoConfig, "adapt_epochs"),
               help=f"Fine-tuning epochs of the adaptation [default: the paper's {FINETUNE_EPOCHS}].")
-@click.option("--baseline/--no-baseline", default=True, help="Also train a network at --k-test, for comparison.")
-@click.option("--workers", default=0, show_default=False, help="Processes [default: all cores].")
-@click.option("--seed", default=0)
+@click.option("--baseline/--no-baseline", default=default_of(DemoConfig, "baseline"),
+              help="Also train a network at --k-test, for comparison.")
+@click.option("--workers", default=default_of(DemoConfig, "workers"), show_default=False, help="Processes [default: all cores].")
+@click.option("--seed", default=default_of(DemoConfig, "seed"))
 @user_errors
 def demo(n_train, **opts):
     """Run the method end to end on small data sets that build offline (a few minutes on a CPU).
@@ -259,7 +279,6 @@ def demo(n_train, **opts):
     test DA) and evaluated again, beside a network trained at K_test. Prints the table, and writes
     OUT/summary.json and OUT/evaluate/accuracy.png (the paper's Fig. 5).
     """
-    from .demo import DemoConfig
     from .demo import demo as run
 
     if n_train < 100:
@@ -268,27 +287,30 @@ def demo(n_train, **opts):
 
 
 @main.command(context_settings={"show_default": True}, short_help="Cost of training, inference and adaptation against resolution K.")
-@click.option("--arch", default="resnet50", help="Model name from torchvision, else timm (randomly initialised).")
-@click.option("--res", default="64,128,160,224,288,384,448", help="Resolutions K to profile, comma-separated.")
-@click.option("--batch-size", default=32, help="Images per batch (Table 7 trains with 32).")
-@click.option("--device", default="auto", help="cuda, cpu, or auto (cuda when available).")
-@click.option("--amp", default="off", help="Mixed precision: bf16, fp16 or off.")
+@click.option("--arch", default=default_of(ProfileConfig, "arch"),
+              help="Model name from torchvision, else timm (randomly initialised).")
+@click.option("--res", "resolutions", default=default_of(ProfileConfig, "resolutions"),
+              help="Resolutions K to profile, comma-separated.")
+@click.option("--batch-size", default=default_of(ProfileConfig, "batch_size"), help="Images per batch (Table 7 trains with 32).")
+@click.option("--device", default=default_of(ProfileConfig, "device"), help="cuda, cpu, or auto (cuda when available).")
+@click.option("--amp", default=default_of(ProfileConfig, "amp"), help="Mixed precision: bf16, fp16 or off.")
 @click.option("--channels-last", is_flag=True, help="Model and inputs in channels-last memory.")
-@click.option("--warmup", default=3, help="Untimed iterations per phase and resolution.")
-@click.option("--repeats", default=10, help="Timed iterations per phase and resolution; the median is kept.")
+@click.option("--warmup", default=default_of(ProfileConfig, "warmup"), help="Untimed iterations per phase and resolution.")
+@click.option("--repeats", default=default_of(ProfileConfig, "repeats"),
+              help="Timed iterations per phase and resolution; the median is kept.")
 @click.option("--out", default="runs/profile", type=click.Path(file_okay=False),
               help="Where profile.csv, profile.json and profile.png go.")
 @user_errors
-def profile(res, out, **opts):
+def profile(resolutions, out, **opts):
     """Cost against resolution K: train forward and backward, inference, and one adaptation step
     (last BN + classifier, the trunk frozen), per batch of random K x K inputs; peak memory on GPU.
 
     Prints the times beside the paper's Table 7 ratios and fits b in cost ~ K^b (about 2).
     """
-    from .profile import ProfileConfig, report_lines, write_profile
+    from .profile import report_lines, write_profile
     from .profile import profile as run
 
-    result = run(ProfileConfig(resolutions=parse_resolutions(res), **opts), log=click.echo)
+    result = run(ProfileConfig(resolutions=parse_resolutions(resolutions), **opts), log=click.echo)
     click.echo("\n".join(report_lines(result)))
     paths = write_profile(result, out)
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -300,8 +322,8 @@ def analyze():
 
 
 @analyze.command("scale", short_help="Apparent object size at test vs train time (Eq. 1-5).")
-@click.option("--k-train", default=224, show_default=True, help="K_train: the train resolution.")
-@click.option("--k-test", default=224, show_default=True, help="K_test: the test crop.")
+@click.option("--k-train", default=default_of(ScaleConfig, "k_train"), show_default=True, help="K_train: the train resolution.")
+@click.option("--k-test", default=default_of(ScaleConfig, "k_test"), show_default=True, help="K_test: the test crop.")
 @click.option("--resize-ratio", default="256/224", show_default=True,
               help="K_test^image / K_test: test DA resizes the short side to K_test times this.")
 @click.option("--scale", "area_range", nargs=2, type=float, default=None,
@@ -312,13 +334,14 @@ def analyze():
               help="HEIGHT WIDTH of the image the Monte Carlo crops [default: 500 500].")
 @click.option("--sampler", "samplers", multiple=True,
               help="geometry (FFCV; torch on GPU), torchvision (torch on CPU) or dali; repeatable [default: geometry].")
-@click.option("--samples", default=100_000, show_default=True, help="Monte Carlo draws per sampler and setting.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--samples", default=default_of(ScaleConfig, "samples"), show_default=True,
+              help="Monte Carlo draws per sampler and setting.")
+@click.option("--seed", default=default_of(ScaleConfig, "seed"), show_default=True)
 @user_errors
 def scale(resize_ratio, **opts):
     """Apparent object size at test vs train time (Eq. 1-5): F, E[r_test/r_train], alpha and the
     K_test that equalises it, beside a Monte Carlo estimate from the loaders' RoC samplers."""
-    from .analysis.scale import ScaleConfig, analyze_scale, parse_ratio, report_lines
+    from .analysis.scale import analyze_scale, parse_ratio, report_lines
 
     given = {k: v for k, v in opts.items() if v not in (None, ())}
     report = analyze_scale(ScaleConfig(resize_ratio=parse_ratio(resize_ratio), **given))
@@ -327,23 +350,25 @@ def scale(resize_ratio, **opts):
 
 @analyze.command("roc", short_help="RoC area at train and test time on real image sizes (Fig. 2).")
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="A conversion's OUT folder (or an ImageFolder tree).")
-@click.option("--backend", default="ffcv", show_default=True, help="Whose train RoC sampler: ffcv, torch or dali.")
-@click.option("--split", default="train", show_default=True)
-@click.option("--k-train", default=224, show_default=True, help="K_train: the train resolution.")
-@click.option("--k-test", default=224, show_default=True, help="K_test: the test crop.")
+@click.option("--backend", default=default_of(RocConfig, "backend"), show_default=True,
+              help="Whose train RoC sampler: ffcv, torch or dali.")
+@click.option("--split", default=default_of(RocConfig, "split"), show_default=True)
+@click.option("--k-train", default=default_of(RocConfig, "k_train"), show_default=True, help="K_train: the train resolution.")
+@click.option("--k-test", default=default_of(RocConfig, "k_test"), show_default=True, help="K_test: the test crop.")
 @click.option("--resize-ratio", default="256/224", show_default=True, help="K_test^image / K_test.")
 @click.option("--scale", "area_range", nargs=2, type=float, default=None,
               help="sigma^2 range: RoC area as a fraction of the image [default: 0.08 1, the paper's].")
-@click.option("--draws", default=10, show_default=True, help="Train RoCs drawn per image.")
-@click.option("--limit", default=10_000, show_default=True, help="Read the sizes of at most this many images; 0: all.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--draws", default=default_of(RocConfig, "draws"), show_default=True, help="Train RoCs drawn per image.")
+@click.option("--limit", default=default_of(RocConfig, "limit"), show_default=True,
+              help="Read the sizes of at most this many images; 0: all.")
+@click.option("--seed", default=default_of(RocConfig, "seed"), show_default=True)
 @click.option("--out", default="runs/roc", show_default=True, type=click.Path(file_okay=False),
               help="Where roc.csv and roc.png go.")
 @user_errors
 def roc(resize_ratio, out, **opts):
     """The RoC's area as a fraction of the image at train and at test time (the paper's Fig. 2),
     from the split's real image sizes and the backend's RoC sampler."""
-    from .analysis.roc import RocConfig, report_lines, roc_areas, write_roc
+    from .analysis.roc import report_lines, roc_areas, write_roc
     from .analysis.scale import parse_ratio
 
     given = {k: v for k, v in opts.items() if v is not None}
@@ -357,23 +382,25 @@ def roc(resize_ratio, out, **opts):
                   short_help="Pooled activations against test resolution (Fig. 3, 4).")
 @click.option("--checkpoint", "checkpoints", required=True, multiple=True, type=click.Path(dir_okay=False),
               help="Repeatable: e.g. a checkpoint and its adapted version, drawn on one plot (Fig. 4).")
-@click.option("--res", default="64,128,224,448", help="Test resolutions K_test, comma-separated (the paper's Fig. 3).")
-@click.option("--split", default="val", help="Which split's images: val or train.")
-@click.option("--limit", default=5000, help="Images per checkpoint and K_test (the first of the split).")
+@click.option("--res", "k_test", default=default_of(ActivationsConfig, "k_test"),
+              help="Test resolutions K_test, comma-separated (the paper's Fig. 3).")
+@click.option("--split", default=default_of(ActivationsConfig, "split"), help="Which split's images: val or train.")
+@click.option("--limit", default=default_of(ActivationsConfig, "limit"),
+              help="Images per checkpoint and K_test (the first of the split).")
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="A conversion's OUT folder [default: the one each checkpoint was trained or adapted on].")
 @click.option("--out", default="runs/activations", type=click.Path(file_okay=False),
               help="Where activations.csv, activations.json and activations.png go.")
-@click.option("--batch-size", default=100)
+@click.option("--batch-size", default=default_of(ActivationsConfig, "batch_size"))
 @run_options
 @user_errors
-def activations(checkpoints, res, out, **opts):
+def activations(checkpoints, k_test, out, **opts):
     """The distribution of the globally pooled activations (the classifier's input) at each test
     resolution (Fig. 3), and before and after adaptation (Fig. 4): CDF plot, fraction of zeros and
     fraction above 2. Resolutions the stored records are too small for are skipped with a warning."""
-    from .analysis.activations import ActivationsConfig, pooled_activations, report_lines, write_activations
+    from .analysis.activations import pooled_activations, report_lines, write_activations
 
-    cfg = ActivationsConfig(checkpoints=tuple(checkpoints), k_test=parse_resolutions(res), **opts)
+    cfg = ActivationsConfig(checkpoints=tuple(checkpoints), k_test=parse_resolutions(k_test), **opts)
     result = pooled_activations(cfg, log=click.echo)
     click.echo("\n".join(report_lines(result)))
     paths = write_activations(result, out)
@@ -392,64 +419,67 @@ def _test_res(text: str) -> int | None:
 
 @main.command(context_settings={"show_default": True}, short_help="Adapt a checkpoint to the test resolution K_test (Sec. 4.2).")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A checkpoint from `fixres-fast train`.")
-@click.option("--test-res", required=True, help="K_test in pixels, or 'auto': try multiples of 32 from K_train to "
+@click.option("--test-res", "k_test", required=True, help="K_test in pixels, or 'auto': try multiples of 32 from K_train to "
               "2 K_train on a held-out slice of the training set, keep the best (Eq. 5's prediction is printed beside it).")
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="A conversion's OUT folder [default: the one the checkpoint was trained on].")
-@click.option("--tune", type=click.Choice(["fc", "bn+fc", "bn-stats", "last-stage"]), default="bn+fc",
+@click.option("--tune", type=click.Choice(TUNE), default=default_of(AdaptConfig, "tune"),
               help="What learns: the classifier; the last BN before pooling and the classifier (paper); only that "
                    "BN's running statistics (no labels); or the layers at the final feature-map size and the classifier.")
-@click.option("--bn-scope", type=click.Choice(["last", "all"]), default="last", help="--tune bn-stats: the last BN, or every BN.")
-@click.option("--aug", type=click.Choice(["test", "test2", "train"]), default="test",
+@click.option("--bn-scope", type=click.Choice(BN_SCOPES), default=default_of(AdaptConfig, "bn_scope"), help="--tune bn-stats: the last BN, or every BN.")
+@click.option("--aug", type=click.Choice(AUGS), default=default_of(AdaptConfig, "aug"),
               help="Fine-tuning DA: test DA (paper; the frozen trunk then runs once), test DA2, or train DA.")
-@click.option("--method", type=click.Choice(["finetune", "frechet"]), default="finetune",
+@click.option("--method", type=click.Choice(METHODS), default=default_of(AdaptConfig, "method"),
               help="frechet: the supplement's equalisation of the pooled activations (Fréchet fit, xi = 0.3).")
-@click.option("--epochs", type=int, default=None,
+@click.option("--epochs", type=int, default=default_of(AdaptConfig, "epochs"),
               help=f"Fine-tuning epochs [default: the paper's {FINETUNE_EPOCHS} where the frozen trunk is cached "
                    f"(test DA: each epoch then costs only the tuned layers), else {ADAPT_EPOCHS_STREAMED}].")
-@click.option("--batch-size", default=FINETUNE_LR_BATCH, help="B (paper: 512).")
-@click.option("--lr", type=float, default=None, help="Learning rate [default: 0.008*B/512, the paper's]; x0.1 at half the epochs.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Adapted checkpoint [default: CHECKPOINT-adaptedK.pt].")
+@click.option("--batch-size", default=default_of(AdaptConfig, "batch_size"), help="B (paper: 512).")
+@click.option("--lr", type=float, default=default_of(AdaptConfig, "lr"),
+              help="Learning rate [default: 0.008*B/512, the paper's]; x0.1 at half the epochs.")
+@click.option("--out", type=click.Path(dir_okay=False), default=default_of(AdaptConfig, "out"),
+              help="Adapted checkpoint [default: CHECKPOINT-adaptedK.pt].")
 @run_options
-@click.option("--seed", default=0)
-@click.option("--cache/--no-cache", default=True, help="With test DA, compute the frozen trunk once and cache its output.")
-@click.option("--cache-mib", default=4096, help="Largest cache; above it, stream through the trunk every epoch.")
-@click.option("--auto-images", default=AUTO_IMAGES, help="--test-res auto: training images tried per candidate (fewer if the "
-              "split holds fewer).")
-@click.option("--auto-holdout", default=AUTO_HOLDOUT, help="--test-res auto: the fraction of them held out to measure top-1 on.")
+@click.option("--seed", default=default_of(AdaptConfig, "seed"))
+@click.option("--cache/--no-cache", default=default_of(AdaptConfig, "cache"),
+              help="With test DA, compute the frozen trunk once and cache its output.")
+@click.option("--cache-mib", default=default_of(AdaptConfig, "cache_mib"),
+              help="Largest cache; above it, stream through the trunk every epoch.")
+@click.option("--auto-images", default=default_of(AdaptConfig, "auto_images"),
+              help="--test-res auto: training images tried per candidate (fewer if the split holds fewer).")
+@click.option("--auto-holdout", default=default_of(AdaptConfig, "auto_holdout"), help="--test-res auto: the fraction of them held out to measure top-1 on.")
 @user_errors
-def adapt(test_res, **opts):
+def adapt(k_test, **opts):
     """Adapt a checkpoint to the test resolution K_test (Sec. 4.2): fine-tune the last BatchNorm before
     global pooling and the classifier at K_test on the training set, the trunk frozen.
 
     The adapted checkpoint records K_test and its pre-processing, so `fixres-fast evaluate` uses them.
     """
-    from .adapt import AdaptConfig
     from .adapt import adapt as run
 
-    run(AdaptConfig(test_res=_test_res(test_res), **opts), log=click.echo)
+    run(AdaptConfig(k_test=_test_res(k_test), **opts), log=click.echo)
 
 
 @main.command("evaluate", context_settings={"show_default": True},
               short_help="Top-1 and top-5 at each test resolution (test DA).")
 @click.option("--checkpoint", "checkpoints", required=True, multiple=True, type=click.Path(dir_okay=False),
               help="Repeatable: e.g. the base checkpoint and the adapted one, drawn on one plot (Fig. 5).")
-@click.option("--res", default="", show_default=False, help="Test resolutions, e.g. 128,160,224,288,384 [default: each checkpoint's own].")
-@click.option("--ensemble", default="", show_default=False,
+@click.option("--res", "k_test", default=default_of(EvalConfig, "k_test"), show_default=False, help="Test resolutions, e.g. 128,160,224,288,384 [default: each checkpoint's own].")
+@click.option("--ensemble", default=default_of(EvalConfig, "ensemble"), show_default=False,
               help="Average the softmax over these resolutions, e.g. 384,352 [default: none].")
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="A conversion's OUT folder [default: the one each checkpoint was trained or adapted on].")
 @click.option("--out", default="runs/evaluate", type=click.Path(file_okay=False),
               help="Where evaluate.csv, evaluate.json and accuracy.png go.")
-@click.option("--batch-size", default=100)
+@click.option("--batch-size", default=default_of(EvalConfig, "batch_size"))
 @run_options
 @user_errors
-def evaluate_cmd(checkpoints, res, ensemble, out, **opts):
+def evaluate_cmd(checkpoints, k_test, ensemble, out, **opts):
     """Top-1 and top-5 on the validation split at each test resolution (test DA), with the paper's
     10-fold leave-one-out standard deviation of top-1; --ensemble averages the softmax over resolutions."""
-    from .evaluate import EvalConfig, evaluate, write_results
+    from .evaluate import evaluate, write_results
 
-    cfg = EvalConfig(checkpoints=tuple(checkpoints), res=parse_resolutions(res), ensemble=parse_resolutions(ensemble), **opts)
+    cfg = EvalConfig(checkpoints=tuple(checkpoints), k_test=parse_resolutions(k_test), ensemble=parse_resolutions(ensemble), **opts)
     paths = write_results(evaluate(cfg, log=click.echo), cfg, out)
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 

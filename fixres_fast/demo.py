@@ -17,6 +17,9 @@ adaptation is the paper's (60 epochs, lr 0.008 B/512 with B = 64), made cheap by
 """
 from __future__ import annotations
 
+# The demo is the top of the package: it orchestrates the jobs (convert, train, adapt, evaluate, analyze), so it
+# is the one module that imports them; no job imports another.
+
 import json
 import shutil
 import time
@@ -104,21 +107,21 @@ def fixres(out: Path, cfg: DemoConfig, log) -> dict:
             shutil.rmtree(run)
         log(f"-- training at K_train={k} ({cfg.epochs} epochs)")
         t = time.perf_counter()
-        train(TrainConfig(data=str(data), out=str(run), arch="fixres_cnn", res=k, recipe=cfg.recipe(), **common),
+        train(TrainConfig(data=str(data), out=str(run), arch="fixres_cnn", k_train=k, recipe=cfg.recipe(), **common),
               log=log)
         seconds[f"train{k}"] = time.perf_counter() - t
         runs[k] = run / "last.pt"
 
     log(f"-- adapting the K_train={cfg.k_train} network at K_test={cfg.k_test} (the paper's BN+fc fine-tuning, "
         "test DA, frozen trunk cached)")
-    adapted = adapt(AdaptConfig(checkpoint=str(runs[cfg.k_train]), test_res=cfg.k_test, epochs=cfg.adapt_epochs,
+    adapted = adapt(AdaptConfig(checkpoint=str(runs[cfg.k_train]), k_test=cfg.k_test, epochs=cfg.adapt_epochs,
                                 batch_size=64, evaluate=False, out=str(out / f"train{cfg.k_train}-adapted{cfg.k_test}.pt"),
                                 **common), log=log)
     seconds["adapt"] = adapted["seconds"]
 
     ks = sorted({cfg.k_train, (cfg.k_train + cfg.k_test) // 2, cfg.k_test})
     ecfg = EvalConfig(checkpoints=(str(runs[cfg.k_train]), adapted["out"], *([str(runs[cfg.k_test])] if cfg.baseline else [])),
-                      res=tuple(ks), backend="torch", device="cpu", workers=cfg.workers)
+                      k_test=tuple(ks), backend="torch", device="cpu", workers=cfg.workers)
     log(f"-- evaluating at K_test = {', '.join(map(str, ks))}")
     rows = evaluate(ecfg, log=log)
     write_results(rows, ecfg, out / "evaluate")

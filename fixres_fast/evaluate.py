@@ -1,7 +1,6 @@
 """Evaluation: top-1 / top-5 over an exact epoch (every image once), at one or several test resolutions.
 
-:func:`evaluate_loader` is the trainer's per-epoch check, summed over processes. :func:`evaluate`
-is the ``fixres-fast evaluate`` job: for each checkpoint and each K_test it classifies the validation
+:func:`evaluate` is the ``fixres-fast evaluate`` job: for each checkpoint and each K_test it classifies the validation
 set with test DA (the checkpoint's resize ratio), and reports top-1, top-5, the loss and the paper's
 significance measure (Sec. 5: split the images into 10 folds, measure top-1 on 9 of them leaving one
 out in turn, and take the standard deviation over the 10). ``ensemble`` averages the softmax over
@@ -9,78 +8,17 @@ several resolutions (Sec. 5.1, "Multiple resolutions"). Files and the plot are a
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from . import checkpoint, progress
-from .distributed import Dist, all_sum
+from . import artifacts, checkpoint, progress
+from .engine import predict
 from .errors import UserError
 
 FOLDS = 10  # the paper's leave-one-out folds
-
-
-@torch.no_grad()
-def evaluate_loader(model: nn.Module, loader, d: Dist, dtype: torch.dtype | None = None,
-                    desc: str = "evaluate") -> tuple[float, float, float, int]:
-    """(top-1 %, top-5 %, mean cross-entropy, images) of ``model`` on an evaluation loader (a bar named ``desc``)."""
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # correct@1, correct@5, loss
-    n = 0
-    for images, labels in progress.images(loader, desc, loader.epoch_length, enabled=d.main):
-        with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(images)
-        logits = logits.float()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        hit = top == labels[:, None]
-        sums += torch.stack([hit[:, 0].sum(), hit.any(dim=1).sum(),
-                             nn.functional.cross_entropy(logits, labels, reduction="sum")]).double()
-        n += labels.shape[0]
-    model.train(was_training)
-    c1, c5, loss, total = all_sum([*sums.tolist(), n], d)
-    total = max(total, 1)
-    return 100 * c1 / total, 100 * c5 / total, loss / total, int(total)
-
-
-def model_from_checkpoint(doc: dict, device: torch.device, path="the checkpoint") -> nn.Module:
-    """The model a checkpoint (read from ``path``) describes, weights loaded, in eval mode, with an adapted
-    checkpoint's Fréchet equalisation (``meta['adaptation']['frechet']``) attached after pooling."""
-    from . import frechet
-    from .models import build_model, classifier
-
-    meta = doc["meta"]
-    model = build_model(meta["arch"], meta["num_classes"])
-    checkpoint.load_weights(model, doc, path)
-    model = model.to(device, memory_format=torch.channels_last).eval()
-    eq = (meta.get("adaptation") or {}).get("frechet")
-    if eq:
-        frechet.attach(classifier(model), eq["scale"], eq["shift"])
-    return model
-
-
-def test_spec(meta: dict, k_test: int):
-    """Test DA at ``k_test`` with the resize ratio the checkpoint was evaluated with."""
-    from .spec import RESIZE_RATIO, TestDA
-
-    return TestDA(k_test=k_test, resize_ratio=meta["preprocessing"]["test"].get("resize_ratio", RESIZE_RATIO))
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax probabilities float32 (N, classes), labels (N,)) on the CPU, in the loader's order."""
-    probs, labels = [], []
-    for images, y in loader:
-        with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(images)
-        probs.append(logits.float().softmax(1).cpu())
-        labels.append(y.cpu())
-    return torch.cat(probs), torch.cat(labels)
 
 
 def leave_one_out_std(correct, folds: int = FOLDS) -> float:
@@ -104,7 +42,7 @@ def scores(probs: torch.Tensor, labels: torch.Tensor, folds: int = FOLDS) -> dic
 class EvalConfig:
     checkpoints: tuple[str, ...]
     data: str | None = None  # a conversion's OUT folder; None: the one the checkpoint was trained or adapted on
-    res: tuple[int, ...] = ()  # K_test values; (): each checkpoint's own test resolution
+    k_test: tuple[int, ...] = ()  # K_test values (CLI: --res); (): each checkpoint's own test resolution
     ensemble: tuple[int, ...] = ()  # resolutions whose softmax is averaged, e.g. (384, 352)
     batch_size: int = 100
     backend: str = "auto"
@@ -123,7 +61,7 @@ def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
 
     if not cfg.checkpoints:
         raise UserError("expected at least one --checkpoint")
-    bad = [k for k in (*cfg.res, *cfg.ensemble) if k <= 0]
+    bad = [k for k in (*cfg.k_test, *cfg.ensemble) if k <= 0]
     if bad:
         raise UserError(f"test resolutions must be positive numbers of pixels, got {bad}")
     device = resolve_device(cfg.device)
@@ -132,31 +70,29 @@ def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
                               on_corrupt=cfg.on_corrupt)
     rows = []
     for path in cfg.checkpoints:
-        doc = checkpoint.load(path)
-        meta, model = doc["meta"], model_from_checkpoint(doc, device, path)
-        data, own = checkpoint.data_for(doc, cfg.data, path), cfg.res or (meta["test_res"],)
+        model, meta = checkpoint.open_model(path, device)
+        data, own = checkpoint.data_for(meta, cfg.data, path), cfg.k_test or (meta.k_test,)
         ensemble, ks = None, list(dict.fromkeys((*own, *cfg.ensemble)))
         for k in ks:  # every resolution checked before any is measured
-            check_res(test_spec(meta, k), data, "--ensemble" if k in cfg.ensemble and k not in own else "--res")
+            check_res(meta.test_spec(k), data, "--ensemble" if k in cfg.ensemble and k not in own else "--res")
         for k in ks:
-            loader = make_loader(backend_for(backend, device, data), test_spec(meta, k), data, "val", loader_cfg)
+            loader = make_loader(backend_for(backend, device, data), meta.test_spec(k), data, "val", loader_cfg)
             probs, labels = predict(model, progress.images(loader, f"{Path(path).name} @ {k}", loader.epoch_length), dtype)
             if k in cfg.ensemble:
                 ensemble = probs if ensemble is None else ensemble + probs
             if k in own:
                 rows.append(_row(path, meta, str(k), scores(probs, labels, cfg.folds)))
-                log(_line(rows[-1], meta["num_classes"]))
+                log(_line(rows[-1], meta.num_classes))
         if ensemble is not None:
             name = "+".join(map(str, cfg.ensemble))
             rows.append(_row(path, meta, name, scores(ensemble / len(cfg.ensemble), labels, cfg.folds)))
-            log(_line(rows[-1], meta["num_classes"]))
+            log(_line(rows[-1], meta.num_classes))
     return rows
 
 
-def _row(path, meta, res: str, s: dict) -> dict:
-    adapted = meta.get("adaptation") or {}
-    return {"checkpoint": str(path), "train_res": meta["train_res"], "adapted_at": adapted.get("k_test"),
-            "tune": adapted.get("tune"), "res": res, **s}
+def _row(path, meta: checkpoint.CheckpointMeta, res: str, s: dict) -> dict:
+    return {"checkpoint": str(path), "train_res": meta.k_train, "adapted_at": meta.adapted("k_test"),
+            "tune": meta.adapted("tune"), "res": res, **s}
 
 
 def _line(row: dict, num_classes: int) -> str:
@@ -171,22 +107,18 @@ def _line(row: dict, num_classes: int) -> str:
 
 def write_results(rows: list[dict], cfg: EvalConfig, out) -> dict[str, Path]:
     """OUT/evaluate.csv, OUT/evaluate.json (config, code revision, rows) and OUT/accuracy.png."""
-    import csv
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "evaluate.csv", "json": out / "evaluate.json", "png": out / "accuracy.png"}
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    doc = {"config": asdict(cfg), "git": checkpoint.git_revision(), "torch": torch.__version__, "rows": rows}
-    paths["json"].write_text(json.dumps(doc, indent=2) + "\n")
-    plot_accuracy(rows, paths["png"])
+    artifacts.write_csv(paths["csv"], rows)
+    doc = {"config": asdict(cfg), "git": artifacts.git_revision(), "torch": torch.__version__, "rows": rows}
+    artifacts.write_json(paths["json"], doc)
+    with artifacts.replacing(paths["png"]) as f:
+        plot_accuracy(rows, f)
     return paths
 
 
-def plot_accuracy(rows: list[dict], path) -> None:
+def plot_accuracy(rows: list[dict], path) -> None:  # path: a file name or a binary file
     """Top-1 against K_test, one curve per checkpoint: before adaptation (train resolution only) and after
     (adapted at a K_test), as in Fig. 5; each adapted checkpoint's own K_test is ringed. Ensembles are left out."""
     import matplotlib
@@ -214,5 +146,5 @@ def plot_accuracy(rows: list[dict], path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)

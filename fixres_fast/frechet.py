@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import UserError
+
 XI = 0.3  # the shape parameter, "kept constant at 0.3"
 MAX_SAMPLES = 200_000  # values used for one fit (a random subset of the non-zero components)
 
@@ -29,7 +31,8 @@ def fit_frechet(values, xi: float = XI, seed: int = 0) -> tuple[float, float]:
     x = np.asarray(values, dtype=np.float64).ravel()
     x = x[x != 0]
     if x.size < 10:
-        raise ValueError(f"a Fréchet fit needs at least 10 non-zero values, got {x.size}")
+        raise UserError(f"a Fréchet fit needs at least 10 non-zero values, got {x.size}: the pooled activations "
+                        "are (almost) all zero; use more images (--stats-images) or adapt with --method finetune")
     if x.size > MAX_SAMPLES:
         x = np.random.default_rng(seed).choice(x, MAX_SAMPLES, replace=False)
     x.sort()

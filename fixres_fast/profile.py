@@ -20,9 +20,7 @@ This module imports neither DALI nor FFCV, so it runs on any machine with torch 
 """
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,8 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import artifacts
 from .errors import UserError
-from .runtime import AMP, DEVICES, amp_dtype, parse_resolutions, resolve_device  # noqa: F401 (parse_resolutions: re-exported)
+from .runtime import AMP, DEVICES, amp_dtype, resolve_device
 from .models import adaptation_mode as _adaptation_mode  # the same freezing as `fixres-fast adapt`
 from .models import build_model, classifier, last_bn_before_pool
 
@@ -44,6 +43,9 @@ TABLE7 = {
     "finetune": {224: (14.4, 4.4), 384: (18.0, 8.2)},  # K_test: (forward, backward)
     "batch": {"train": 32, "finetune": 64},
 }
+#: What torch says when an input is too small for a model (its maps shrink below a kernel, or BN sees one value
+#: per channel): the only errors that "choose larger resolutions" answers.
+TOO_SMALL = ("Output size is too small", "Kernel size can't be greater", "Expected more than 1 value per channel")
 
 
 @dataclass(frozen=True)
@@ -167,10 +169,12 @@ def _profile_resolution(model, adapted, res: int, cfg: ProfileConfig, device) ->
         model.zero_grad(set_to_none=True)
         model.eval()
         (infer_f,), infer_peak = _phase(lambda: _infer_step(model, x, dtype, measure), cfg, device)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         if "out of memory" in str(e):
             raise UserError(f"out of memory at K={res} with batch {cfg.batch_size}; lower --batch-size or "
                             "leave out the largest resolutions") from None
+        if not any(words in str(e) for words in TOO_SMALL):
+            raise
         raise UserError(f"{cfg.arch} cannot run at K={res}: {str(e).splitlines()[0]}; "
                         "choose larger resolutions") from None
     return ProfileRow(res, cfg.batch_size, train_f, train_b, adapt_f, adapt_b, infer_f,
@@ -278,22 +282,18 @@ def report_lines(result: ProfileResult) -> list[str]:
 def write_profile(result: ProfileResult, out) -> dict[str, Path]:
     """OUT/profile.csv (one row per K), OUT/profile.json (config, device, revision, exponents, Table 7
     ratios) and OUT/profile.png (log-log cost against K)."""
-    import csv
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {kind: out / f"profile.{kind}" for kind in ("csv", "json", "png")}
     rows = [r.as_dict() for r in result.rows]
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    artifacts.write_csv(paths["csv"], rows)
     summary = {"config": asdict(result.config), "device": result.device_name, "torch": torch.__version__,
-               "revision": _revision(), "adapted_layers": result.adapted_layers, "exponents": result.exponents(),
+               "revision": artifacts.git_revision(), "adapted_layers": result.adapted_layers, "exponents": result.exponents(),
                "table7": [{"ratio": n, "paper": p, "measured": m} for n, p, m in table7_comparison(result.rows)],
                "rows": rows}
-    paths["json"].write_text(json.dumps(summary, indent=2) + "\n")
-    plot_profile(result, paths["png"])
+    artifacts.write_json(paths["json"], summary)
+    with artifacts.replacing(paths["png"]) as f:
+        plot_profile(result, f)
     return paths
 
 
@@ -318,14 +318,6 @@ def plot_profile(result: ProfileResult, path) -> None:
     ax.set_title(f"{result.config.arch} on {result.device_name} (cost ~ K^b)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
-
-def _revision() -> str | None:
-    """The code's git revision, or None outside a git checkout."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None

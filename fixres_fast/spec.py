@@ -12,6 +12,7 @@ No field is called a bare ``ratio``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import UserError  # a ValueError
@@ -106,7 +107,7 @@ def make_spec(mode: str, res: int, **overrides):
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if res <= 0:
-        raise ValueError(f"resolution must be a positive number of pixels, got {res}")
+        raise UserError(f"resolution must be a positive number of pixels, got {res}")
     cls = MODES[mode]
     key = "k_train" if cls is TrainDA else "k_test"
     return cls(**{key: res}, **overrides)
@@ -114,6 +115,8 @@ def make_spec(mode: str, res: int, **overrides):
 
 # --- The training and fine-tuning recipes (Sec. 5, "Training protocol") -----------------------------
 
+#: Learning-rate schedules after the warm-up (Recipe.schedule): x0.1 every step_epochs, or a cosine to 0.
+SCHEDULES = ("step", "cosine")
 #: Reference batch of the learning-rate rules: lr = BASE_LR * B / LR_BATCH (Goyal et al.).
 BASE_LR, LR_BATCH = 0.1, 256
 #: Fine-tuning at the test resolution: "the initial learning rate is 0.008 same decay, B = 512, 60 epochs".
@@ -140,6 +143,15 @@ class Recipe:
     @property
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else BASE_LR * self.batch_size / LR_BATCH
+
+    def lr_at(self, epoch: float) -> float:
+        """Learning rate at a fractional epoch: warm-up, then step (x0.1 every step_epochs) or cosine."""
+        base = self.base_lr
+        if epoch < self.warmup_epochs:
+            return base * epoch / self.warmup_epochs
+        if self.schedule == "cosine":
+            return 0.5 * base * (1 + math.cos(math.pi * min(epoch / self.epochs, 1.0)))
+        return base * 0.1 ** int(epoch // self.step_epochs)
 
 #: Adaptation epochs when every epoch streams through the frozen trunk (test DA2, train DA, or a cache too
 #: large): a quick default. Where the trunk's output is cached (test DA), an epoch costs only the tuned

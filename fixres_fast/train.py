@@ -23,14 +23,15 @@ from torch import nn
 from tqdm import tqdm
 
 from . import __version__, checkpoint
+from .artifacts import git_revision
 from .data import backend_for, check_res, data_record, dataset_info
 from .distributed import Dist, all_sum, barrier, setup, teardown
 from .errors import UserError
-from .evaluate import evaluate_loader
+from .engine import evaluate_loader, train_step
 from .models import build_model
 from .seeds import Stream, seed_for
 from .runtime import amp_dtype, resolve_device
-from .spec import IMAGENET_MEAN, IMAGENET_STD, Recipe, TestDA, make_spec
+from .spec import IMAGENET_MEAN, IMAGENET_STD, SCHEDULES, Recipe, TestDA, make_spec
 
 CHECK_EVERY = 20  # steps between checks of the loss and of stop requests (each costs a device sync)
 
@@ -40,7 +41,7 @@ class TrainConfig:
     data: str  # a conversion's OUT folder (or an ImageFolder tree)
     out: str = "runs/train"
     arch: str = "resnet50"
-    res: int = 224  # K_train
+    k_train: int = 224  # K_train (CLI: --res)
     recipe: Recipe = field(default_factory=Recipe)
     aug: str = "train"  # train DA (paper); 'test' or 'test2' for ablations
     backend: str = "auto"  # dali | ffcv | torch | auto
@@ -60,20 +61,14 @@ class TrainConfig:
             raise UserError("--resume-changed continues a run from OUT/last.pt with new settings; add --resume")
 
 
+#: The CLI flags of TrainConfig fields whose names differ from the flag (the paper's names in the config, the
+#: users' flags on the command line); earlier checkpoints' configs used the flag's name as the field's.
+FLAGS = {"k_train": "res"}
+
 #: TrainConfig fields that say how a run executes, not what it learns: --resume may change them freely.
 #: (recipe.epochs too, unless the schedule is cosine, whose curve depends on it: extending a run is resuming.)
 RESUME_NEUTRAL = ("out", "resume", "resume_changed", "workers", "tensorboard", "device", "backend", "amp", "compile",
                   "eval_res")
-
-
-def lr_at(recipe: Recipe, epoch: float) -> float:
-    """Learning rate at a fractional epoch: warm-up, then step (x0.1 every step_epochs) or cosine."""
-    base = recipe.base_lr
-    if epoch < recipe.warmup_epochs:
-        return base * epoch / recipe.warmup_epochs
-    if recipe.schedule == "cosine":
-        return 0.5 * base * (1 + math.cos(math.pi * min(epoch / recipe.epochs, 1.0)))
-    return base * 0.1 ** int(epoch // recipe.step_epochs)
 
 
 def param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
@@ -90,21 +85,6 @@ def make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> to
     """The recipe's SGD; on CUDA, one fused kernel updates each parameter group."""
     return torch.optim.SGD(param_groups(model, recipe), lr=recipe.base_lr, momentum=recipe.momentum,
                            fused=True if device.type == "cuda" else None)
-
-
-def train_step(model, images, labels, optimizer, criterion, dtype, scaler=None) -> torch.Tensor:
-    """One optimisation step: forward and loss under autocast, one backward, exactly one optimizer step."""
-    with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        loss = criterion(model(images), labels)
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    return loss.detach()
 
 
 class _StopRequest:
@@ -124,13 +104,13 @@ class _StopRequest:
 
 def _check(cfg: TrainConfig, d: Dist) -> None:
     r = cfg.recipe
-    if cfg.res <= 0 or any(x <= 0 for x in cfg.eval_res):
-        raise UserError(f"resolutions must be positive numbers of pixels, got --res {cfg.res} --eval-res {cfg.eval_res}")
+    if cfg.k_train <= 0 or any(x <= 0 for x in cfg.eval_res):
+        raise UserError(f"resolutions must be positive numbers of pixels, got --res {cfg.k_train} --eval-res {cfg.eval_res}")
     if r.batch_size % d.world_size:
         raise UserError(f"--batch-size {r.batch_size} (over all processes) must divide by the {d.world_size} processes")
-    if r.schedule not in ("step", "cosine"):
-        raise UserError(f"unknown --schedule {r.schedule!r}; choose step or cosine")
-    check_res(make_spec(cfg.aug, cfg.res), cfg.data, "--res")
+    if r.schedule not in SCHEDULES:
+        raise UserError(f"unknown --schedule {r.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    check_res(make_spec(cfg.aug, cfg.k_train), cfg.data, "--res")
     for k in cfg.eval_res:
         check_res(TestDA(k_test=k), cfg.data, "--eval-res")
 
@@ -154,19 +134,14 @@ def _check_epoch(loader, cfg: TrainConfig, d: Dist) -> None:
 
 
 def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict, data: dict,
-             resumed_from: list = ()) -> dict:
-    """What a checkpoint says about itself (cf. timm's pretrained cfg: input_size, test_input_size): also its
-    data set (``data.data_record``) and, where a resume changed settings, the earlier ones (``resumed_from``)."""
-    return {
-        "arch": cfg.arch, "num_classes": len(classes), "classes": classes, "data": data,
-        "resumed_from": list(resumed_from),
-        "train_res": cfg.res, "test_res": cfg.res,
-        "preprocessing": {"train": {"mode": cfg.aug, **asdict(make_spec(cfg.aug, cfg.res))},
-                          "test": {"mode": "test", **asdict(TestDA(k_test=cfg.res))},
-                          "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
-        "recipe": asdict(cfg.recipe), "epoch": epoch, "results": results,
-        "git": checkpoint.git_revision(), "fixres_fast": __version__,
-    }
+             resumed_from: list = ()) -> checkpoint.CheckpointMeta:
+    """What a checkpoint of this run says about itself: also its data set (``data.data_record``) and, where a
+    resume changed settings, the earlier ones (``resumed_from``)."""
+    return checkpoint.CheckpointMeta(
+        arch=cfg.arch, num_classes=len(classes), classes=tuple(classes), data=data, resumed_from=tuple(resumed_from),
+        k_train=cfg.k_train, k_test=cfg.k_train, train_da=make_spec(cfg.aug, cfg.k_train), test_da=TestDA(k_test=cfg.k_train),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, recipe=cfg.recipe, epoch=epoch, results=results,
+        revision=git_revision(), version=__version__)
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
@@ -195,7 +170,7 @@ def _train(cfg: TrainConfig, d: Dist, log) -> dict:
                 if res != "train":
                     top1_top5 = evaluate_loader(run.net, loader, d, run.dtype, f"val @ {res}")[:2]
                     results[f"top1@{res}"], results[f"top5@{res}"] = top1_top5
-            results.update(epoch=epoch, lr=lr_at(cfg.recipe, epoch), train_loss=done["loss"], train_img_s=done["img_s"])
+            results.update(epoch=epoch, lr=cfg.recipe.lr_at(epoch), train_loss=done["loss"], train_img_s=done["img_s"])
             run.end_of_epoch(epoch, results)
     finally:
         run.stop.restore()
@@ -209,9 +184,9 @@ def _loaders(cfg: TrainConfig, d: Dist) -> dict:
     per_proc = cfg.recipe.batch_size // d.world_size
     common = LoaderConfig(batch_size=per_proc, device=str(d.device), rank=d.rank, world_size=d.world_size,
                           seed=cfg.seed, workers=cfg.workers, on_corrupt=cfg.on_corrupt)
-    loaders = {"train": make_loader(backend, make_spec(cfg.aug, cfg.res), cfg.data, "train",
+    loaders = {"train": make_loader(backend, make_spec(cfg.aug, cfg.k_train), cfg.data, "train",
                                     replace(common, repeats=cfg.recipe.repeats, training=True))}
-    for res in dict.fromkeys((cfg.res, *cfg.eval_res)):
+    for res in dict.fromkeys((cfg.k_train, *cfg.eval_res)):
         loaders[res] = make_loader(backend, TestDA(k_test=res), cfg.data, "val", replace(common, training=False))
     return loaders
 
@@ -287,12 +262,12 @@ class _Run:
 
     def step(self, images, labels, epoch: float) -> torch.Tensor:
         for g in self.optimizer.param_groups:
-            g["lr"] = lr_at(self.cfg.recipe, epoch)
+            g["lr"] = self.cfg.recipe.lr_at(epoch)
         try:
             return train_step(self.net, images, labels, self.optimizer, self.criterion, self.dtype, self.scaler)
         except torch.OutOfMemoryError:
             raise UserError(f"CUDA out of memory at --batch-size {self.cfg.recipe.batch_size} ({labels.shape[0]} "
-                            f"per GPU) and --res {self.cfg.res}: lower one of them") from None
+                            f"per GPU) and --res {self.cfg.k_train}: lower one of them") from None
 
     def should_stop(self, total: torch.Tensor, epoch: int, i: int, seen: int, seconds: float) -> bool:
         """Check the loss, and stop requests on any process (one sync for both). On a stop, write a checkpoint that
@@ -311,7 +286,7 @@ class _Run:
         return bool(stopping)
 
     def end_of_epoch(self, epoch: int, results: dict) -> None:
-        top1 = results[f"top1@{self.cfg.res}"]
+        top1 = results[f"top1@{self.cfg.k_train}"]
         is_best = top1 > self.state["best_top1"]
         self.state.update(epoch=epoch + 1, step=0, best_top1=max(top1, self.state["best_top1"]))
         self.save(self.out / "last.pt", epoch, results)
@@ -329,7 +304,7 @@ class _Run:
         self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
         barrier(self.d)
 
-    def metadata(self, epoch: int, results: dict) -> dict:
+    def metadata(self, epoch: int, results: dict) -> checkpoint.CheckpointMeta:
         return metadata(self.cfg, self.classes, epoch, results, self.data, self.resumed_from)
 
     def save(self, path: Path, epoch: int, results: dict) -> None:
@@ -346,15 +321,15 @@ class _Run:
         if not path.is_file():
             raise UserError(f"--resume: no checkpoint at {path}; start without --resume")
         doc = checkpoint.load(path, map_location=self.d.device)
-        meta = doc["meta"]
-        if meta["num_classes"] != num_classes or meta["arch"] != cfg.arch:
-            raise UserError(f"{path} holds a {meta['arch']} with {meta['num_classes']} classes, but this run is a "
+        meta = checkpoint.meta_of(doc)
+        if meta.num_classes != num_classes or meta.arch != cfg.arch:
+            raise UserError(f"{path} holds a {meta.arch} with {meta.num_classes} classes, but this run is a "
                             f"{cfg.arch} on {num_classes} classes; use another --out, or matching --arch/--data")
         lacking = [k for k in ("optimizer", "state", "config") if not isinstance(doc.get(k), dict)]
         if lacking or not all(_nonnegative(doc["state"].get(k)) for k in ("epoch", "step")):
             raise UserError(f"{path} cannot be resumed: it lacks a training state ({', '.join(lacking) or 'state'}); "
                             "only the last.pt `fixres-fast train` writes can be. Use another --out")
-        changed = resume_changes(doc["config"], checkpoint.data_set(meta), cfg, self.data)
+        changed = resume_changes(doc["config"], meta.data, cfg, self.data)
         if changed and not cfg.resume_changed:
             raise UserError(f"--resume: {path} was trained with other settings: {_listed(changed)}. Resume with the "
                             "same ones, use another --out, or add --resume-changed to continue with the new settings "
@@ -364,10 +339,10 @@ class _Run:
         if self.scaler is not None and doc.get("scaler"):
             self.scaler.load_state_dict(doc["scaler"])
         self.state = dict(doc["state"])
-        self.resumed_from = checkpoint.resumed_from(meta)
+        self.resumed_from = list(meta.resumed_from)
         if changed:
             self.resumed_from.append({"epoch": self.state["epoch"], "step": self.state["step"],
-                                      "config": doc["config"], "data": checkpoint.data_set(meta),
+                                      "config": doc["config"], "data": meta.data,
                                       "changed": {k: list(v) for k, v in changed.items()}})
             self.log(f"--resume-changed: continuing with {_listed(changed)}")
         self.log(f"resuming from {path}: epoch {self.state['epoch']}, step {self.state['step']}")
@@ -393,6 +368,10 @@ def resume_changes(old: dict, old_data: dict | None, cfg: TrainConfig, data: dic
     between the checkpoint's config (and data set record) and ``cfg`` (and ``data``). Options an older
     checkpoint did not record are not compared."""
     new = asdict(cfg)
+    old = dict(old)
+    for field_name, flag in FLAGS.items():  # an earlier version's config: the field under the flag's name
+        if flag in old and field_name not in old:
+            old[field_name] = old.pop(flag)
     old_recipe = old["recipe"] if isinstance(old.get("recipe"), dict) else {}
     new_recipe = new.pop("recipe")
     cosine = "cosine" in (old_recipe.get("schedule"), new_recipe["schedule"])
@@ -402,7 +381,7 @@ def resume_changes(old: dict, old_data: dict | None, cfg: TrainConfig, data: dic
     pairs.append(("data", old_data["path"], data["path"]))
     if old_data["manifest_sha256"] and old_data["path"] == data["path"]:
         pairs.append(("data manifest SHA-256", old_data["manifest_sha256"], data["manifest_sha256"]))
-    return {f"--{k.replace('_', '-')}" if " " not in k else k: (a, b) for k, a, b in pairs if _differ(a, b)}
+    return {f"--{FLAGS.get(k, k).replace('_', '-')}" if " " not in k else k: (a, b) for k, a, b in pairs if _differ(a, b)}
 
 
 def _differ(a, b) -> bool:

@@ -53,7 +53,7 @@ def composites(tmp_path_factory):
     runs = {}
     for seed in SEEDS:
         recipe = Recipe(epochs=6, batch_size=64, lr=0.1, schedule="cosine", warmup_epochs=1, weight_decay=5e-4, repeats=1)
-        train(TrainConfig(data=str(out), out=str(root / f"seed{seed}"), arch="fixres_cnn", res=32, recipe=recipe,
+        train(TrainConfig(data=str(out), out=str(root / f"seed{seed}"), arch="fixres_cnn", k_train=32, recipe=recipe,
                           seed=seed, **CPU), log=lambda *_: None)
         runs[seed] = root / f"seed{seed}" / "last.pt"
     return {"data": out, "small": small, "runs": runs, "root": root}

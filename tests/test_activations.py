@@ -15,12 +15,12 @@ import torch
 from click.testing import CliRunner
 
 from fixres_fast import checkpoint
-from fixres_fast.adapt import AdaptConfig, adapt, pooled_features
+from fixres_fast.adapt import AdaptConfig, adapt
 from fixres_fast.analysis.activations import FIELDS, ActivationsConfig, pooled_activations
 from fixres_fast.cli import main
 from fixres_fast.errors import UserError
-from fixres_fast.evaluate import model_from_checkpoint
-from fixres_fast.evaluate import test_spec as spec_at
+from fixres_fast.checkpoint import model_from_checkpoint
+from fixres_fast.engine import pooled_features
 from fixres_fast.loaders import LoaderConfig, make_loader
 
 from .conftest import CPU
@@ -56,7 +56,7 @@ def test_fig3_sparsity_and_spread_fall_with_the_test_resolution(composites):
     doc = checkpoint.load(base)
     model = model_from_checkpoint(doc, torch.device("cpu"))
     for k in (32, 64):
-        loader = make_loader("torch", spec_at(doc["meta"], k), str(composites["data"]), "val",
+        loader = make_loader("torch", checkpoint.meta_of(doc).test_spec(k), str(composites["data"]), "val",
                              LoaderConfig(batch_size=100, device="cpu", workers=2, training=False))
         feats, _ = pooled_features(model, loader, LIMIT)
         del loader
@@ -68,7 +68,7 @@ def test_fig3_sparsity_and_spread_fall_with_the_test_resolution(composites):
 def test_cli_before_and_after_adaptation(composites, tmp_path):
     base = composites["runs"][0]
     tuned = tmp_path / "bnfc64.pt"
-    adapt(AdaptConfig(checkpoint=str(base), test_res=64, epochs=1, batch_size=64, lr=0.01, evaluate=False,
+    adapt(AdaptConfig(checkpoint=str(base), k_test=64, epochs=1, batch_size=64, lr=0.01, evaluate=False,
                       out=str(tuned), **CPU), log=lambda *_: None)
     # a Fréchet-adapted checkpoint with a known map, to check that the measured vector is the one after it
     doc = checkpoint.load(base)

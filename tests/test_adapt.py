@@ -20,7 +20,7 @@ from .conftest import CPU, SEEDS
 
 def adapted(composites, tmp_path, seed=0, **kw):
     """Adapt seed ``seed``'s network; on the small set (400 images) unless ``data`` says otherwise."""
-    cfg = dict(checkpoint=str(composites["runs"][seed]), data=str(composites["small"]), test_res=64, epochs=1,
+    cfg = dict(checkpoint=str(composites["runs"][seed]), data=str(composites["small"]), k_test=64, epochs=1,
                batch_size=64, lr=0.01,
                evaluate=False, out=str(tmp_path / "adapted.pt"), **CPU)
     result = adapt(AdaptConfig(**{**cfg, **kw}), log=lambda *_: None)
@@ -43,14 +43,14 @@ def changed_keys(before: dict, after: dict) -> set:
 ])
 def test_only_the_tuned_parameters_and_statistics_change(composites, tmp_path, tune, scope, expected):
     before = checkpoint.load(composites["runs"][0])["model"]
-    result, doc = adapted(composites, tmp_path, tune=tune, bn_scope=scope, test_res=32)
+    result, doc = adapted(composites, tmp_path, tune=tune, bn_scope=scope, k_test=32)
     assert changed_keys(before, doc["model"]) == expected
     assert result["cached"] == (tune != "bn-stats")
 
 
 def test_streaming_matches_the_cached_path_in_what_it_changes(composites, tmp_path):
     before = checkpoint.load(composites["runs"][0])["model"]
-    result, doc = adapted(composites, tmp_path, aug="test2", test_res=32)
+    result, doc = adapted(composites, tmp_path, aug="test2", k_test=32)
     assert not result["cached"]
     assert changed_keys(before, doc["model"]) == {"fc.weight", "fc.bias"} | {
         f"features.19.{p}" for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
@@ -79,7 +79,7 @@ def test_adapting_at_twice_the_train_resolution_beats_no_adaptation(composites, 
 
 def test_auto_picks_a_candidate_and_reports_eq5(composites, tmp_path):
     logs = []
-    result = adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), data=str(composites["data"]), test_res=None,
+    result = adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), data=str(composites["data"]), k_test=None,
                                epochs=2, batch_size=64, lr=0.01, auto_images=500, evaluate=False,
                                out=str(tmp_path / "auto.pt"), **CPU), log=logs.append)
     assert set(result["auto"]["top1"]) == {32, 64} and result["k_test"] in (32, 64)
@@ -98,12 +98,12 @@ def test_bad_inputs_get_clear_errors(composites, tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save(build_model("fixres_cnn", 10).state_dict(), plain)
     with pytest.raises(UserError, match="no fixres-fast metadata"):
-        adapt(AdaptConfig(checkpoint=str(plain), test_res=64, **CPU))
+        adapt(AdaptConfig(checkpoint=str(plain), k_test=64, **CPU))
     for bad in (0, -32):
         with pytest.raises(UserError, match="positive number of pixels"):
-            adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), test_res=bad, **CPU))
+            adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), k_test=bad, **CPU))
     with pytest.raises(UserError, match=r"--max-side 585 or more.*--test-res 448 or less"):
-        adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), test_res=512, **CPU))
+        adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), k_test=512, **CPU))
 
 
 def test_a_model_without_bn_fails_clearly_under_bn_fc(composites, tmp_path):
@@ -151,3 +151,46 @@ def test_evaluate_cli_writes_both_curves_and_the_ensemble(composites, tmp_path):
     assert all(0 <= r["top1"] <= r["top5"] <= 100 and r["n"] == 200 and r["top1_std"] >= 0 for r in rows)
     assert (out / "evaluate.csv").read_text().count("\n") == 7
     assert (out / "accuracy.png").stat().st_size > 10_000
+
+
+def test_fit_takes_one_shared_train_step_per_batch():
+    """adapt's fine-tuning loop is engine.train_step under the fine-tuning recipe's schedule: the same weights as
+    the step driven by hand, batch by batch."""
+    from fixres_fast.adapt import _Job, fit
+    from fixres_fast.engine import train_step
+    from fixres_fast.spec import finetune_recipe
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 6), torch.randint(3, (16,))
+    tail, by_hand = torch.nn.Linear(6, 3), torch.nn.Linear(6, 3)
+    by_hand.load_state_dict(tail.state_dict())
+    cfg = AdaptConfig(checkpoint="unused.pt", batch_size=4, lr=0.5)
+    job = _Job(cfg, None, "", torch.device("cpu"), None, "torch")
+    batches = lambda epoch: (((x[s:s + 4],), y[s:s + 4]) for s in range(0, 16, 4))
+    fit(tail, [tail], batches, 4, 2, job, lambda *_: None)
+
+    recipe = finetune_recipe(2, 4, 0.5)
+    sgd = torch.optim.SGD(by_hand.parameters(), lr=recipe.base_lr, momentum=recipe.momentum,
+                          weight_decay=recipe.weight_decay)
+    for epoch in range(2):
+        for i, (inputs, labels) in enumerate(batches(epoch)):
+            sgd.param_groups[0]["lr"] = recipe.lr_at(epoch + i / 4)
+            train_step(by_hand, inputs, labels, sgd, torch.nn.functional.cross_entropy, None)
+    assert recipe.lr_at(1.0) != recipe.lr_at(0.0)  # the schedule decays within the two epochs
+    for a, b in zip(tail.parameters(), by_hand.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_missing_val_file_is_an_error_not_a_missing_split(composites, tmp_path):
+    """Only a data set without a validation split skips the before/after top-1; a val split whose records are gone
+    is reported."""
+    import shutil
+
+    data = tmp_path / "small"
+    shutil.copytree(composites["small"], data)
+    for f in data.glob("val*"):
+        if f.suffix in (".beton", ".rec"):
+            f.unlink()
+    with pytest.raises(UserError) as e:
+        adapted(composites, tmp_path, data=str(data), evaluate=True, backend="torch")
+    assert "has no split" not in str(e.value) and "val" in str(e.value)

@@ -17,6 +17,7 @@ from fixres_fast.cli import main
 from fixres_fast.data import check_classes, data_record
 from fixres_fast.errors import UserError
 from fixres_fast.models import build_model
+from fixres_fast import spec
 from fixres_fast.spec import Recipe
 from fixres_fast.train import TrainConfig, metadata, train
 
@@ -91,8 +92,8 @@ def test_no_load_in_the_package_unpickles_objects():
 
 
 def test_what_we_save_is_plain_and_loads_without_objects(tmp_path):
-    meta = metadata(TrainConfig(data=str(tmp_path), arch="fixres_cnn", res=32), ["a", "b"], 0,
-                    {"top1@32": np.float64(50.0)}, data_record(tmp_path))
+    meta = metadata(TrainConfig(data=str(tmp_path), arch="fixres_cnn", k_train=32), ["a", "b"], 0,
+                    {"top1@32": np.float64(50.0)}, data_record(tmp_path)).to_dict()
     meta["adaptation"] = {"frechet": {"reference": (np.float32(0.5), np.float64(0.25)), "scale": np.float64(1.5),
                                       "shift": 0.0}, "data": tmp_path}
     path = tmp_path / "c.pt"
@@ -113,7 +114,7 @@ def crafted(path, weights_classes=4, records=None, **meta_kw):
     writes it, then overridden by ``meta_kw``) on ``records``."""
     records = records or path.parent
     classes = [f"c{i}" for i in range(weights_classes)]
-    meta = metadata(TrainConfig(data=str(records), arch="fixres_cnn", res=32), classes, 0, {}, data_record(records))
+    meta = metadata(TrainConfig(data=str(records), arch="fixres_cnn", k_train=32), classes, 0, {}, data_record(records)).to_dict()
     checkpoint.save(path, build_model("fixres_cnn", weights_classes), {**meta, **meta_kw})
     return path
 
@@ -182,7 +183,7 @@ def test_long_class_lists_are_shortened_to_counts_and_the_first_differences(tmp_
 def tiny(data, out, epochs=1, schedule="step", momentum=0.9, **kw):
     recipe = Recipe(epochs=epochs, batch_size=8, repeats=1, lr=kw.pop("lr", 0.02), schedule=schedule, momentum=momentum)
     return TrainConfig(data=str(data), out=str(out), recipe=recipe,
-                       **{**dict(arch="fixres_cnn", res=32, backend="torch", device="cpu", workers=1, aug="test"), **kw})
+                       **{**dict(arch="fixres_cnn", k_train=32, backend="torch", device="cpu", workers=1, aug="test"), **kw})
 
 
 def test_every_checkpoint_finds_its_data_set_from_anywhere(imagenet_records, tmp_path, monkeypatch):
@@ -249,7 +250,7 @@ def test_resume_with_other_settings_is_refused_unless_asked(imagenet_records, tm
     out = tmp_path / "run"
     train(tiny(data, out, epochs=1), log=quiet)
     with pytest.raises(UserError) as e:
-        train(tiny(other, out, epochs=2, res=48, lr=0.05, aug="train", resume=True), log=quiet)
+        train(tiny(other, out, epochs=2, k_train=48, lr=0.05, aug="train", resume=True), log=quiet)
     msg = str(e.value)
     for change in ("--res 32 -> 48", "--aug test -> train", "--lr 0.02 -> 0.05", f"--data {data} -> {other}",
                    "--resume-changed"):
@@ -262,13 +263,13 @@ def test_resume_with_other_settings_is_refused_unless_asked(imagenet_records, tm
     # settings that do not change what is learnt: workers, evaluation resolutions, tensorboard
     train(tiny(data, out, epochs=2, resume=True, workers=2, eval_res=(40,)), log=quiet)
     assert checkpoint.load(out / "last.pt")["meta"]["resumed_from"] == []
-    train(tiny(data, out, epochs=3, res=48, momentum=0.5, resume=True, resume_changed=True), log=quiet)
+    train(tiny(data, out, epochs=3, k_train=48, momentum=0.5, resume=True, resume_changed=True), log=quiet)
     doc = checkpoint.load(out / "last.pt")
     meta = doc["meta"]
     assert meta["train_res"] == 48 and meta["epoch"] == 2 and meta["recipe"]["momentum"] == 0.5
     assert doc["optimizer"]["param_groups"][0]["momentum"] == 0.5  # the new settings, not the loaded ones
     [was] = meta["resumed_from"]
-    assert (was["epoch"], was["step"], was["config"]["res"]) == (2, 0, 32)
+    assert (was["epoch"], was["step"], was["config"]["k_train"]) == (2, 0, 32)
     assert was["changed"] == {"--res": [32, 48], "--momentum": [0.9, 0.5]}
     res = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), "--resume-changed", *CPU])
     one_line_error(res, "add --resume")
@@ -279,3 +280,42 @@ def test_resume_of_a_cosine_run_counts_a_new_length_as_a_change(imagenet_records
     train(tiny(data, out, epochs=1, schedule="cosine"), log=quiet)
     with pytest.raises(UserError, match="--epochs 1 -> 2"):
         train(tiny(data, out, epochs=2, schedule="cosine", resume=True), log=quiet)
+
+
+# --- The typed metadata, and checkpoints of earlier versions ---------------------------------------------
+
+
+def test_an_old_format_checkpoint_loads_unchanged(tmp_path):
+    """A checkpoint as commit b9a268f's train.metadata() wrote it (no data set record, no resumed_from; the data
+    set named only in its config) opens as typed metadata, and its data set is found through the config."""
+    records = tmp_path / "records"
+    records.mkdir()
+    old = {"arch": "fixres_cnn", "num_classes": 2, "classes": ["a", "b"], "train_res": 32, "test_res": 32,
+           "preprocessing": {"train": {"mode": "train", "k_train": 32, "area_range": [0.08, 1.0],
+                                       "aspect_range": [0.75, 4 / 3], "flip": True, "jitter": 0.3, "max_attempts": 10},
+                             "test": {"mode": "test", "k_test": 32, "resize_ratio": 256 / 224},
+                             "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
+           "recipe": {"epochs": 1, "batch_size": 8, "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4,
+                      "schedule": "step", "step_epochs": 30, "warmup_epochs": 0.0, "label_smoothing": 0.0,
+                      "no_bn_weight_decay": False, "repeats": 1},
+           "epoch": 0, "results": {"top1@32": 50.0}, "git": "b9a268f", "fixres_fast": "0.1.0"}
+    path = tmp_path / "old.pt"
+    torch.save({"model": build_model("fixres_cnn", 2).state_dict(), "meta": old, "config": {"data": str(records)}},
+               path)
+    model, meta = checkpoint.open_model(path, torch.device("cpu"))
+    assert (meta.arch, meta.num_classes, meta.k_train, meta.k_test, meta.classes) == ("fixres_cnn", 2, 32, 32, ("a", "b"))
+    assert meta.train_da == spec.TrainDA(k_train=32) and meta.test_da == spec.TestDA(k_test=32)
+    assert meta.test_spec(64) == spec.TestDA(k_test=64) and meta.recipe == Recipe(epochs=1, batch_size=8, lr=0.02, repeats=1)
+    assert meta.data is None and meta.adaptation is None and meta.resumed_from == () and meta.revision == "b9a268f"
+    assert meta.legacy_data == str(records) and not model.training
+    assert checkpoint.CheckpointMeta.from_dict(meta.to_dict()) == meta  # and it round-trips through the plain form
+
+
+def test_checkpoint_meta_round_trips_through_plain_types(tmp_path):
+    meta = metadata(TrainConfig(data=str(tmp_path), arch="fixres_cnn", k_train=32, aug="test2"), ["a", "b"], 3,
+                    {"top1@32": 1.0}, data_record(tmp_path))
+    assert meta.train_da == spec.TestDA2(k_test=32) and meta.test_da == spec.TestDA(k_test=32)
+    path = tmp_path / "c.pt"
+    checkpoint.save(path, build_model("fixres_cnn", 2), meta)
+    again = checkpoint.meta_of(checkpoint.load(path))
+    assert again == meta and again.to_dict() == meta.to_dict()

@@ -40,3 +40,60 @@ def test_verify_of_a_folder_that_was_never_converted(tmp_path):
 def test_inat_needs_a_known_year(tmp_path):
     res = CliRunner().invoke(main, ["convert", "inat", str(tmp_path), str(tmp_path / "o"), "--year", "2020"])
     assert res.exit_code == 2 and "2017" in res.output
+
+
+def test_each_jobs_option_defaults_to_its_config_fields_default():
+    """The CLI restates no default: each option of a job's command defaults to the field of the config it fills
+    (resolution lists as their comma-separated text). Options that fill no field are listed, so that a new one
+    is either a field or said here."""
+    import dataclasses
+
+    import click
+
+    from fixres_fast.adapt import AdaptConfig
+    from fixres_fast.analysis.activations import ActivationsConfig
+    from fixres_fast.demo import DemoConfig
+    from fixres_fast.evaluate import EvalConfig
+    from fixres_fast.profile import ProfileConfig
+    from fixres_fast.runtime import parse_resolutions
+    from fixres_fast.spec import Recipe
+    from fixres_fast.train import TrainConfig
+
+    from fixres_fast.analysis.roc import RocConfig
+    from fixres_fast.analysis.scale import ScaleConfig, parse_ratio
+    from fixres_fast.convert import ConvertConfig
+
+    jobs = {("train",): (TrainConfig, Recipe), ("adapt",): (AdaptConfig,), ("evaluate",): (EvalConfig,),
+            ("profile",): (ProfileConfig,), ("demo",): (DemoConfig,), ("analyze", "activations"): (ActivationsConfig,),
+            ("analyze", "scale"): (ScaleConfig,), ("analyze", "roc"): (RocConfig,),
+            **{("convert", layout): (ConvertConfig,) for layout in ("imagenet", "inat", "herbarium", "folder")}}
+    #: analyze scale and roc pass only the options given (None: the config's default); the ratio is a fraction's text
+    given_only = {("analyze", "scale"), ("analyze", "roc")}
+    #: processes to launch; the folder the edge writes to; convert's --format (all: FORMATS), --verify (a second step)
+    no_field = {"gpus", "out", "fmt", "then_verify", "src"}
+    renamed = {"compile_": "compile"}
+    checked = 0
+    for path, configs in jobs.items():
+        cmd = main
+        for name in path:
+            cmd = cmd.commands[name]
+        fields = {f.name: (c, f) for c in configs for f in dataclasses.fields(c)}
+        for p in cmd.params:
+            name = renamed.get(p.name, p.name)
+            if not isinstance(p, click.Option) or name not in fields:
+                assert p.name in no_field, f"{' '.join(path)} --{p.name} fills no config field"
+                continue
+            if p.required:
+                continue
+            f = fields[name][1]
+            want = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = p.get_default(click.Context(cmd))  # a flag's False where click leaves it unset
+            if (path in given_only or path[0] == "convert") and (default is None or p.multiple or p.nargs > 1):
+                continue
+            if name == "resize_ratio":
+                got = float(parse_ratio(default))
+            else:
+                got = parse_resolutions(default) if isinstance(want, tuple) else default
+            assert got == want, f"{' '.join(path)} --{p.name}: default {default!r}, {fields[name][0].__name__}.{name} {want!r}"
+            checked += 1
+    assert checked > 50

@@ -36,3 +36,10 @@ def test_equalizer_maps_one_law_onto_the_other_and_keeps_zeros():
     assert fit_frechet(y.numpy()) == pytest.approx(reference, rel=0.05)
     with pytest.raises(ValueError, match="at least 10 non-zero"):
         fit_frechet(np.zeros(100))
+
+
+def test_too_few_values_for_a_fit_is_a_user_error():
+    from fixres_fast.errors import UserError
+
+    with pytest.raises(UserError, match="at least 10 non-zero values, got 0"):
+        fit_frechet(np.zeros(100))

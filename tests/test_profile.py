@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from fixres_fast.cli import main
 from fixres_fast.errors import UserError
 from fixres_fast.models import build_model, classifier, last_bn_before_pool
-from fixres_fast.profile import (TABLE7, ProfileConfig, _adaptation_mode, fit_exponent, layers_to_adapt,
-                                 parse_resolutions, table7_comparison)
+from fixres_fast.profile import TABLE7, ProfileConfig, _adaptation_mode, fit_exponent, layers_to_adapt, table7_comparison
+from fixres_fast.runtime import parse_resolutions
 
 
 def test_profile_writes_its_table_summary_and_plot(tmp_path):
@@ -115,3 +115,14 @@ def test_profile_path_imports_neither_dali_nor_ffcv():
     code = ("import sys, fixres_fast.cli, fixres_fast.profile; "
             "sys.exit(any(m.split('.')[0] in ('ffcv', 'nvidia') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_resolution_too_small_for_the_model_is_one_user_error():
+    """At 8 px with one image per batch, resnet18's last BN sees one value per channel (torch raises a ValueError):
+    a resolution too small, said as such."""
+    from fixres_fast.profile import profile
+
+    cfg = ProfileConfig(arch="resnet18", resolutions=(8, 16), batch_size=1, device="cpu", num_classes=2,
+                        warmup=0, repeats=1)
+    with pytest.raises(UserError, match="cannot run at K=8.*choose larger resolutions"):
+        profile(cfg)

@@ -34,7 +34,7 @@ def tiny_run(imagenet_records, tmp_path_factory):
     """fixres_cnn trained 1 epoch at 32 px on the real-photo records (21 train images, 5 classes)."""
     out = tmp_path_factory.mktemp("tiny-run")
     logs = []
-    train(TrainConfig(data=str(imagenet_records["out"]), out=str(out), arch="fixres_cnn", res=32,
+    train(TrainConfig(data=str(imagenet_records["out"]), out=str(out), arch="fixres_cnn", k_train=32,
                       recipe=Recipe(epochs=1, batch_size=8, repeats=1), **CPU), log=logs.append)
     return {"checkpoint": out / "last.pt", "logs": logs}
 
@@ -84,7 +84,7 @@ def test_evaluate_and_adapt_refuse_resolutions_the_records_cannot_serve(tiny_run
 def test_auto_uses_the_training_images_there_are(composites, tmp_path):
     """3000 training images, fewer than --auto-images 5000: 600 of them (0.2) are held out."""
     logs = []
-    result = adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), data=str(composites["data"]), test_res=None,
+    result = adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), data=str(composites["data"]), k_test=None,
                                epochs=2, batch_size=64, lr=0.01, evaluate=False, out=str(tmp_path / "auto.pt"), **CPU),
                    log=logs.append)
     auto = result["auto"]
@@ -107,7 +107,7 @@ def test_auto_refuses_a_held_out_slice_too_small_to_decide(composites, tmp_path)
 
 
 def test_adapt_reports_one_line_for_its_epochs_and_a_signed_frechet_map(composites, tmp_path):
-    cfg = dict(checkpoint=str(composites["runs"][0]), data=str(composites["small"]), test_res=64, batch_size=64,
+    cfg = dict(checkpoint=str(composites["runs"][0]), data=str(composites["small"]), k_test=64, batch_size=64,
                evaluate=False, **CPU)
     logs = []
     adapt(AdaptConfig(epochs=3, out=str(tmp_path / "ft.pt"), **cfg), log=logs.append)

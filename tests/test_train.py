@@ -13,9 +13,12 @@ from torch import nn
 from fixres_fast import checkpoint
 from fixres_fast.errors import UserError
 from fixres_fast.spec import Recipe
-from fixres_fast.train import TrainConfig, lr_at, train, train_step
+from fixres_fast.engine import train_step
+from fixres_fast.train import TrainConfig, train
 
-TINY = dict(arch="resnet18", res=32, backend="torch", device="cpu", workers=1, aug="test")
+lr_at = Recipe.lr_at  # the schedule: Recipe.lr_at(recipe, epoch)
+
+TINY = dict(arch="resnet18", k_train=32, backend="torch", device="cpu", workers=1, aug="test")
 
 
 def quiet(*_):
@@ -63,7 +66,7 @@ def test_amp_step_runs_forward_under_autocast_and_steps_once(dtype):
 def test_loss_falls_and_the_metrics_reach_tensorboard(imagenet_records, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train(tiny(imagenet_records["out"], tmp_path, epochs=8, lr=0.01, res=64, tensorboard=True), log=quiet)
+    train(tiny(imagenet_records["out"], tmp_path, epochs=8, lr=0.01, k_train=64, tensorboard=True), log=quiet)
     losses = [json.loads(line)["train_loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert min(losses[-2:]) < 0.6 * losses[0], losses
     board = EventAccumulator(str(tmp_path / "tensorboard"))
@@ -83,7 +86,7 @@ def test_out_of_memory_names_the_batch_size_and_resolution(imagenet_records, tmp
 
     monkeypatch.setattr(trainer, "train_step", oom)
     with pytest.raises(UserError, match=r"out of memory at --batch-size 8 \(8 per GPU\) and --res 64: lower one"):
-        train(tiny(imagenet_records["out"], tmp_path, epochs=1, res=64), log=quiet)
+        train(tiny(imagenet_records["out"], tmp_path, epochs=1, k_train=64), log=quiet)
 
 
 def weights(path):

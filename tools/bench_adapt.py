@@ -59,7 +59,7 @@ def main():
 
     recipe = Recipe(batch_size=args.batch_size)  # the paper's, but for B
     t = time.perf_counter()
-    final = train(TrainConfig(data=str(data), out=str(out / "train"), arch="fixres_cnn", res=args.k_train,
+    final = train(TrainConfig(data=str(data), out=str(out / "train"), arch="fixres_cnn", k_train=args.k_train,
                               recipe=recipe, **common), log=quiet)
     wall = time.perf_counter() - t
     epochs = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
@@ -76,7 +76,7 @@ def main():
         runs.append((f"paper (streamed, {FINETUNE_EPOCHS} epochs)", dict(epochs=FINETUNE_EPOCHS, cache=False)))
     rows = []
     for name, kw in runs:
-        r = adapt(AdaptConfig(checkpoint=str(out / "train" / "last.pt"), test_res=args.k_test,
+        r = adapt(AdaptConfig(checkpoint=str(out / "train" / "last.pt"), k_test=args.k_test,
                               batch_size=args.batch_size, out=str(out / f"adapted-{len(rows)}.pt"), **kw, **common),
                   log=quiet)
         rows.append((name, r))

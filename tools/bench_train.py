@@ -23,7 +23,8 @@ from torch import nn
 from fixres_fast.models import build_model
 from fixres_fast.runtime import amp_dtype
 from fixres_fast.spec import Recipe, TrainDA
-from fixres_fast.train import make_optimizer, train_step
+from fixres_fast.engine import train_step
+from fixres_fast.train import make_optimizer
 
 
 def synthetic(batch: int, res: int, device: torch.device, classes: int):

@@ -7,11 +7,11 @@ zeros (sparsity; a ReLU then average pooling gives an exact 0 where a channel is
 map, likelier on a small map) and the fraction above 2 (spread). The paper's ResNet-50 at
 K_train = 224 goes from 0.5% zeros and 1.2% above 2 at K_test = 224 to 29.8% and 11.9% at 64.
 
-The vector measured is the classifier's input, as :func:`fixres_fast.adapt.pooled_features` takes
+The vector measured is the classifier's input, as :func:`fixres_fast.engine.pooled_features` takes
 it: a forward pre-hook on the final linear layer. Forward pre-hooks run in the order they were
 registered and each sees the arguments the previous one returned, so for a checkpoint adapted with
 ``--method frechet`` (whose equalisation :func:`fixres_fast.frechet.attach` registers as a pre-hook
-on the classifier when :func:`~fixres_fast.evaluate.model_from_checkpoint` loads it, before
+on the classifier when :func:`~fixres_fast.checkpoint.model_from_checkpoint` loads it, before
 ``pooled_features`` adds its own) this is the vector *after* the Fréchet map, which is what the
 classifier sees. For a BN+fc (or bn-stats, last-stage) adaptation the last BN before pooling has
 changed, so the pooled vector itself changes: Fig. 4's "after fine-tuning". Giving the base
@@ -22,15 +22,13 @@ A K_test whose test DA needs a larger stored image than the records were convert
 """
 from __future__ import annotations
 
-import csv
-import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import artifacts
 from ..errors import UserError
 
 SPREAD = 2.0  # the paper's "fraction of values above 2"
@@ -90,9 +88,8 @@ def summarize(values) -> dict:
 def pooled_activations(cfg: ActivationsConfig, log=print) -> ActivationsResult:
     """Measure the pooled activations of each checkpoint at each K_test; one row per pair measured."""
     from .. import checkpoint
-    from ..adapt import pooled_features
     from ..data import backend_for, check_res
-    from ..evaluate import model_from_checkpoint, test_spec
+    from ..engine import pooled_features
     from ..loaders import LoaderConfig, make_loader
     from ..runtime import amp_dtype, resolve_device
 
@@ -101,26 +98,26 @@ def pooled_activations(cfg: ActivationsConfig, log=print) -> ActivationsResult:
     loader_cfg = LoaderConfig(batch_size=cfg.batch_size, device=str(device), workers=cfg.workers, training=False,
                               on_corrupt=cfg.on_corrupt)
     docs = [(path, checkpoint.load(path)) for path in cfg.checkpoints]  # every path checked before any work
-    datas = [checkpoint.data_for(doc, cfg.data, path) for path, doc in docs]  # and each one's data set
+    metas = [checkpoint.meta_of(doc) for _, doc in docs]
+    datas = [checkpoint.data_for(meta, cfg.data, path) for (path, _), meta in zip(docs, metas)]  # and each data set
     rows, cdfs, skipped = [], [], []
-    for (path, doc), data in zip(docs, datas):
-        meta, model = doc["meta"], model_from_checkpoint(doc, device, path)
-        adapted = meta.get("adaptation") or {}
+    for (path, doc), meta, data in zip(docs, metas, datas):
+        model = checkpoint.model_from_checkpoint(doc, device, path)
         for k_test in cfg.k_test:
             try:
-                check_res(test_spec(meta, k_test), data, "--res")
+                check_res(meta.test_spec(k_test), data, "--res")
             except UserError as e:
                 reason = str(e)
                 skipped.append({"checkpoint": str(path), "res": k_test, "reason": reason})
                 log(f"warning: skipping K_test={k_test} for {Path(path).name}: {reason}")
                 continue
-            loader = make_loader(backend_for(backend, device, data), test_spec(meta, k_test), data, cfg.split, loader_cfg)
+            loader = make_loader(backend_for(backend, device, data), meta.test_spec(k_test), data, cfg.split, loader_cfg)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 feats, _ = pooled_features(model, loader, cfg.limit)
             del loader  # its (persistent) workers end here, before the next loader forks its own
             x = feats.numpy().astype(np.float64).ravel()
-            row = {"checkpoint": str(path), "train_res": meta["train_res"], "adapted_at": adapted.get("k_test"),
-                   "adaptation": _adaptation(adapted), "res": k_test, "n_images": int(feats.shape[0]), **summarize(x)}
+            row = {"checkpoint": str(path), "train_res": meta.k_train, "adapted_at": meta.adapted("k_test"),
+                   "adaptation": _adaptation(meta), "res": k_test, "n_images": int(feats.shape[0]), **summarize(x)}
             rows.append(row)
             cdfs.append(np.quantile(x, PROBABILITIES))
             log(_line(row))
@@ -130,10 +127,11 @@ def pooled_activations(cfg: ActivationsConfig, log=print) -> ActivationsResult:
     return ActivationsResult(cfg, rows, cdfs, skipped)
 
 
-def _adaptation(adapted: dict) -> str | None:
-    if not adapted:
+def _adaptation(meta) -> str | None:
+    """How ``meta``'s checkpoint was adapted: 'frechet', the tuned layers (e.g. 'bn+fc'), or None."""
+    if not meta.adaptation:
         return None
-    return "frechet" if adapted.get("method") == "frechet" else adapted.get("tune")
+    return "frechet" if meta.adapted("method") == "frechet" else meta.adapted("tune")
 
 
 def _name(row: dict) -> str:
@@ -169,42 +167,18 @@ def report_lines(result: ActivationsResult) -> list[str]:
 def write_activations(result: ActivationsResult, out) -> dict[str, Path]:
     """OUT/activations.csv, OUT/activations.json (config, code revision, rows, skipped, CDF quantiles) and
     OUT/activations.png; each written under a temporary name, then renamed."""
-    from .. import checkpoint
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "activations.csv", "json": out / "activations.json", "png": out / "activations.png"}
-    with _replacing(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(FIELDS))
-        writer.writeheader()
-        writer.writerows(result.rows)
-    doc = {"config": asdict(result.config), "git": checkpoint.git_revision(), "torch": torch.__version__,
+    artifacts.write_csv(paths["csv"], result.rows, FIELDS)
+    doc = {"config": asdict(result.config), "git": artifacts.git_revision(), "torch": torch.__version__,
            "rows": result.rows, "skipped": result.skipped,
            "cdf": {"probabilities": PROBABILITIES.round(6).tolist(),
                    "quantiles": [np.round(q, 6).tolist() for q in result.cdfs]}}
-    with _replacing(paths["json"], "w") as f:
-        f.write(json.dumps(doc, indent=2) + "\n")
-    with _replacing(paths["png"], "wb") as f:
+    artifacts.write_json(paths["json"], doc)
+    with artifacts.replacing(paths["png"]) as f:
         plot_cdf(result, f)
     return paths
-
-
-class _replacing:
-    """open(PATH.partial), renamed to PATH when the block ends without an exception."""
-
-    def __init__(self, path: Path, mode: str, **kw):
-        self.path, self.tmp = path, path.with_name(path.name + ".partial")
-        self.f = open(self.tmp, mode, **kw)
-
-    def __enter__(self):
-        return self.f
-
-    def __exit__(self, kind, *_):
-        self.f.close()
-        if kind is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
 
 
 def plot_cdf(result: ActivationsResult, f) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import geometry
+from .. import artifacts, geometry
 from ..errors import UserError
 from ..spec import AREA_RANGE, ASPECT_RANGE, RESIZE_RATIO, k_test_image
 from .scale import draw_rocs
@@ -119,19 +119,19 @@ def report_lines(result: RocResult) -> list[str]:
 
 def write_roc(result: RocResult, out) -> dict[str, Path]:
     """OUT/roc.csv (one row per RoC: image, mode, height, width, area fraction) and OUT/roc.png."""
-    import csv
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "roc.csv", "png": out / "roc.png"}
     draws = result.config.draws
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "mode", "height", "width", "area_fraction"])
-        for i, (height, width) in enumerate(result.sizes):
-            writer.writerows([i, "train", height, width, f"{a:.6f}"] for a in result.train[i * draws:(i + 1) * draws])
-            writer.writerow([i, "test", height, width, f"{result.test[i]:.6f}"])
-    _plot(result, paths["png"])
+    rows = []
+    for i, (height, width) in enumerate(result.sizes):
+        rows += [{"image": i, "mode": "train", "height": height, "width": width, "area_fraction": f"{a:.6f}"}
+                 for a in result.train[i * draws:(i + 1) * draws]]
+        rows.append({"image": i, "mode": "test", "height": height, "width": width,
+                     "area_fraction": f"{result.test[i]:.6f}"})
+    artifacts.write_csv(paths["csv"], rows, ("image", "mode", "height", "width", "area_fraction"))
+    with artifacts.replacing(paths["png"]) as f:
+        _plot(result, f)
     return paths
 
 
@@ -153,5 +153,5 @@ def _plot(result: RocResult, path) -> None:
     ax.set_title(f"Region of classification, {len(result.sizes)} images of {Path(cfg.data).name}/{cfg.split}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)

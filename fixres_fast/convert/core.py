@@ -32,6 +32,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..artifacts import write_text
 from ..errors import UserError
 from ..records import MANIFEST, Manifest
 from ..spec import k_test_image
@@ -374,6 +375,4 @@ def _size(n: float) -> str:
 
 
 def _write_json(path: Path, doc) -> None:
-    tmp = path.with_name(path.name + PARTIAL)
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(doc, indent=1))  # atomic: PATH.partial, fsync, rename
