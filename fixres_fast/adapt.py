@@ -368,7 +368,8 @@ def _held_out_top1(model, job: _Job, k: int, n: int, n_fit: int, log) -> float:
     tail, inputs, labels = cached
     fit_part = tuple(t[:n_fit] for t in inputs), labels[:n_fit]
     if cfg.tune == "bn-stats":
-        reestimate_bn(tail, tuned.values(), _shuffled(*fit_part, cfg.batch_size, cfg.seed), job.dtype)
+        reestimate_bn(tail, tuned.values(), _shuffled(*fit_part, cfg.batch_size, seed_for(cfg.seed, 0, 0, Stream.ADAPT)),
+                      job.dtype)
     else:
         adaptation_mode(model, tuned.values())
         fit(tail, list(tuned.values()), lambda e: _shuffled(*fit_part, cfg.batch_size, seed_for(cfg.seed, 0, e, Stream.ADAPT)),

@@ -17,6 +17,8 @@ class Stream(IntEnum):
     PIPELINE = 2  # DALI's own operators' generator
     TRAIN = 3  # torch's global generator during a training epoch
     ADAPT = 4  # the order of cached batches in adaptation
+    INIT = 5  # torch's global generator while a model is built (its initial weights)
+    ANALYSIS = 6  # the RoCs `analyze roc` draws, one epoch per group of image sizes
 
 
 def seed_for(seed: int, rank: int, epoch: int, stream: Stream) -> int:

@@ -207,7 +207,7 @@ class _Run:
         num_classes, self.classes = dataset_info(cfg.data)
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed_for(cfg.seed, 0, 0, Stream.INIT))  # the same initial weights on every rank
         self.model = build_model(cfg.arch, num_classes).to(d.device, memory_format=torch.channels_last)
         r = cfg.recipe
         if d.device.type == "cuda":

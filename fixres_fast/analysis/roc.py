@@ -20,8 +20,9 @@ import numpy as np
 
 from .. import artifacts, geometry
 from ..errors import UserError
+from ..seeds import Stream, seed_for
 from ..spec import AREA_RANGE, ASPECT_RANGE, RESIZE_RATIO, k_test_image
-from .scale import draw_rocs
+from .samplers import draw_rocs
 
 SAMPLER_OF_BACKEND = {"ffcv": "geometry", "torch": "torchvision", "dali": "dali"}
 
@@ -74,7 +75,7 @@ def roc_areas(cfg: RocConfig) -> RocResult:
     for g, (height, width) in enumerate(sorted(groups)):  # one batch of draws per distinct image size
         rows = np.flatnonzero((sizes[:, 0] == height) & (sizes[:, 1] == width))
         hw = draw_rocs(SAMPLER_OF_BACKEND[cfg.backend], height, width, cfg.area_range, cfg.aspect_range,
-                       len(rows) * cfg.draws, cfg.seed + g)
+                       len(rows) * cfg.draws, seed_for(cfg.seed, 0, g, Stream.ANALYSIS))
         train[rows] = (hw[:, 0] * hw[:, 1] / (height * width)).reshape(len(rows), cfg.draws)
     resize_short = k_test_image(cfg.k_test, cfg.resize_ratio)
     test = []

@@ -163,8 +163,8 @@ class Records(Source):
         if self.is_raw(i):
             from PIL import Image
 
-            meta = self._beton.image[i]
-            return Image.frombuffer("RGB", (int(meta["width"]), int(meta["height"])), self.read(i), "raw", "RGB", 0, 1)
+            row = self._beton.image[i]  # the .beton metadata of record i
+            return Image.frombuffer("RGB", (int(row["width"]), int(row["height"])), self.read(i), "raw", "RGB", 0, 1)
         return super().open_image(i)
 
     def __getstate__(self):  # DataLoader workers re-open the shards
