@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from ..errors import UserError
 from ..spec import TestDA, TrainDA
-from .common import LoaderConfig, resolve_device
+from .common import LoaderConfig, indexed_device
 from .sampler import RASampler
 from .source import RecordError, open_source
 
@@ -42,7 +42,7 @@ def make_loader(backend: str, spec, source, split: str = "train", config: Loader
         config = replace(config or LoaderConfig(), **options)
     except TypeError as e:
         raise UserError(f"{e}; loader options are the fields of LoaderConfig") from None
-    resolve_device(config.device)
+    indexed_device(config.device)
     src = open_source(source, split)
     if backend == "dali":
         from .dali import build_dali_loader

@@ -48,7 +48,7 @@ class LoaderConfig:
         return isinstance(spec, TrainDA) if self.training is None else self.training
 
 
-def resolve_device(device: str) -> torch.device:
+def indexed_device(device: str) -> torch.device:
     """:func:`runtime.resolve_device`, with a CUDA device's index made explicit (DALI needs one)."""
     dev = runtime.resolve_device(device)
     if dev.type == "cuda" and dev.index is None:
@@ -92,7 +92,7 @@ class BatchLoader:
 
     def __init__(self, spec, source, config: LoaderConfig):
         self.spec, self.source, self.config = spec, source, config
-        self.device = resolve_device(config.device)
+        self.device = indexed_device(config.device)
         self.training = config.is_training(spec)
         if config.batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {config.batch_size}")
