@@ -55,4 +55,5 @@ def test_convert_verify_shows_progress_in_images_per_second(tmp_path, photos):
     res = runner.invoke(main, ["convert", "verify", str(tmp_path / "out"), "--workers", "1"])
     assert res.exit_code == 0, res.output
     for fmt in ("beton", "recordio"):
-        assert re.search(rf"verify train {fmt}: 100%.* 2/2 .*img/s", res.output), res.output
+        # a rate in images: tqdm writes s/img instead of img/s below one image a second (FFCV compiles first)
+        assert re.search(rf"verify train {fmt}: 100%.* 2/2 .*(img/s|s/img)", res.output), res.output
