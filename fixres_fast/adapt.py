@@ -30,7 +30,7 @@ from .artifacts import git_revision
 from .checkpoint import CheckpointMeta
 from .data import backend_for, check_res, data_record
 from .distributed import Dist
-from .engine import evaluate_loader, limited, pooled_features, train_step
+from .engine import autocast, evaluate_loader, limited, pooled_features, train_step
 from .errors import UserError
 from .geometry import RESOLUTION_STEP, k_test_calibrated, suggest_k_test
 from .seeds import Stream, seed_for
@@ -145,11 +145,11 @@ def _val_top1(model, job: _Job, k: int, when: str, log) -> float | None:
     data set has no validation split (said once). Any other problem with the split (a missing file) is an error."""
     if not job.cfg.evaluate:
         return None
+    from .loaders.source import MissingSplit
+
     try:
         loader = job.loader(k, split="val", batch_size=min(job.cfg.batch_size, 256))
-    except UserError as e:
-        if "has no split 'val'" not in str(e):  # the loaders' words for a data set without the split
-            raise
+    except MissingSplit:
         if when == "before":
             log(f"{job.data} has no validation split: top-1 before and after adaptation is not measured")
         return None
@@ -205,7 +205,7 @@ def _cache(model, tuned, job: _Job, k: int, log, limit: int | None = None):
     n = int(min(limit or math.inf, loader.epoch_length))
     outs, labels = [], []
     model.eval()
-    with torch.no_grad(), torch.autocast(job.device.type, dtype=job.dtype or torch.float32, enabled=job.dtype is not None):
+    with torch.no_grad(), autocast(job.device.type, job.dtype):
         for x, y in limited(_with_bar(loader, f"caching the frozen trunk @ {k}", limit), limit):
             outs.append(head(x))
             labels.append(y)
@@ -265,7 +265,7 @@ def reestimate_bn(tail, bns, batches, dtype=None) -> None:
         bn.train()
     try:
         for inputs, _ in batches:
-            with torch.autocast(inputs[0].device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with autocast(inputs[0].device.type, dtype):
                 tail(*inputs)
     finally:
         for bn, momentum in saved.items():

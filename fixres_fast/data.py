@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .records import MANIFEST, Manifest
+from .records import JPEG_MAX_SIDE, MANIFEST, Manifest
 
 SHOWN = 4  # class names (and differences) a message shows before it shortens
 
@@ -98,10 +98,6 @@ def backend_for(backend: str, device: torch.device, data: str | Path) -> str:
     if device.type == "cuda" and have["dali"] and "dali" in can:
         return "dali"
     return "ffcv" if have["ffcv"] and "ffcv" in can else "torch"
-
-
-#: The largest side a JPEG can have (its header stores sides in 16 bits): no conversion stores larger images.
-JPEG_MAX_SIDE = 65535
 
 
 def stored_max_side(data: str | Path) -> int | None:

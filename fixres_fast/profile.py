@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import artifacts
+from .engine import autocast
 from .errors import UserError
 from .runtime import AMP, DEVICES, amp_dtype, resolve_device
 from .models import adaptation_mode as _adaptation_mode  # the same freezing as `fixres-fast adapt`
@@ -189,12 +190,12 @@ def _train_step(model, x, y, dtype, measure) -> tuple[float, float]:
 
 
 def _loss(model, x, y, dtype):
-    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with autocast(x.device.type, dtype):
         return F.cross_entropy(model(x), y)
 
 
 def _infer_step(model, x, dtype, measure) -> tuple[float]:
-    with torch.inference_mode(), torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with torch.inference_mode(), autocast(x.device.type, dtype):
         return (measure(lambda: model(x))[1],)
 
 

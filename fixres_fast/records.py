@@ -13,6 +13,8 @@ from pathlib import Path
 from .errors import UserError
 
 MANIFEST = "manifest.json"
+#: The largest side a JPEG can have (its header stores sides in 16 bits): no conversion stores larger images.
+JPEG_MAX_SIDE = 65535
 
 
 @dataclass(frozen=True)

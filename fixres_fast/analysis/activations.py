@@ -89,7 +89,7 @@ def pooled_activations(cfg: ActivationsConfig, log=print) -> ActivationsResult:
     """Measure the pooled activations of each checkpoint at each K_test; one row per pair measured."""
     from .. import checkpoint
     from ..data import backend_for, check_res
-    from ..engine import pooled_features
+    from ..engine import autocast, pooled_features
     from ..loaders import LoaderConfig, make_loader
     from ..runtime import amp_dtype, resolve_device
 
@@ -112,7 +112,7 @@ def pooled_activations(cfg: ActivationsConfig, log=print) -> ActivationsResult:
                 log(f"warning: skipping K_test={k_test} for {Path(path).name}: {reason}")
                 continue
             loader = make_loader(backend_for(backend, device, data), meta.test_spec(k_test), data, cfg.split, loader_cfg)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with autocast(device.type, dtype):
                 feats, _ = pooled_features(model, loader, cfg.limit)
             del loader  # its (persistent) workers end here, before the next loader forks its own
             x = feats.numpy().astype(np.float64).ravel()

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ..artifacts import write_text
 from ..errors import UserError
-from ..records import MANIFEST, Manifest
+from ..records import JPEG_MAX_SIDE, MANIFEST, Manifest
 from ..spec import k_test_image
 from . import folder, herbarium, imagenet, inat, transcode
 from .image import WRITE_MODES, prepare
@@ -77,8 +77,9 @@ class ConvertConfig:
             raise UserError(f"unknown write mode {self.write_mode!r}; choose one of {', '.join(WRITE_MODES)}")
         if self.write_mode == "raw" and "recordio" in self.formats:
             raise UserError("--write-mode raw applies to .beton only; use --format beton with it")
-        for name, value, lo, hi in (("max-side", self.max_side, 16, 65535), ("jpeg-quality", self.jpeg_quality, 1, 100),
-                                    ("shards", self.shards, 1, 100000), ("test-res", self.test_res, 1, 65535)):
+        for name, value, lo, hi in (("max-side", self.max_side, 16, JPEG_MAX_SIDE),
+                                    ("jpeg-quality", self.jpeg_quality, 1, 100), ("shards", self.shards, 1, 100000),
+                                    ("test-res", self.test_res, 1, JPEG_MAX_SIDE)):
             if not lo <= value <= hi:
                 raise UserError(f"--{name} must be between {lo} and {hi}, got {value}")
 

@@ -24,6 +24,10 @@ from ..errors import UserError
 from ..records import MANIFEST, Manifest
 
 
+class MissingSplit(UserError):
+    """The data set has no such split (e.g. no validation split): a job for which it is optional catches this."""
+
+
 class RecordError(UserError):
     """A record that cannot be read or decoded; the message names its index and source file."""
 
@@ -179,7 +183,7 @@ class Folder(Source):
 
         layout = folder.scan(root)
         if split not in layout.splits:
-            raise UserError(f"{root} has no split {split!r}; it has {', '.join(layout.splits)}")
+            raise MissingSplit(f"{root} has no split {split!r}; it has {', '.join(layout.splits)}")
         items = layout.splits[split].items
         super().__init__(root, split, [it.path for it in items], np.array([it.label for it in items], dtype=np.int64))
         self.beton = None
@@ -200,7 +204,7 @@ def open_source(source, split: str) -> Source:
     if (root / MANIFEST).is_file():
         manifest = Manifest.read(root)
         if split not in manifest.splits:
-            raise UserError(f"{root} has no split {split!r}; its manifest lists {', '.join(manifest.splits)}")
+            raise MissingSplit(f"{root} has no split {split!r}; its manifest lists {', '.join(manifest.splits)}")
         check_sizes(root, split, manifest)
         return Records(root, split, manifest)
     if not root.is_dir():
