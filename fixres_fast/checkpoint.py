@@ -26,7 +26,7 @@ import torch
 
 from .artifacts import torch_save
 from .errors import UserError
-from .spec import IMAGENET_MEAN, IMAGENET_STD, MODES, RESIZE_RATIO, Recipe, TestDA, TrainDA, mode_of
+from .spec import MODES, RESIZE_RATIO, Pixels, Recipe, TestDA, TrainDA, mode_of
 
 REQUIRED_META = ("arch", "num_classes", "train_res", "test_res", "preprocessing")
 PLAIN = (bool, int, float, str, type(None))  # with tensors, and lists, tuples and dicts of them
@@ -153,8 +153,6 @@ class CheckpointMeta:
     test_da: TestDA  # test DA at k_test, with the resize ratio the checkpoint is evaluated with
     train_da: TrainDA | TestDA | None = None  # the augmentation it was trained with (None: an early checkpoint)
     classes: tuple[str, ...] | None = None  # class names in label order (None: only their number is known)
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
     recipe: Recipe | None = None
     data: dict | None = None  # {'path': absolute, 'manifest_sha256': str or None} (data.data_record)
     adaptation: dict | None = None  # what `fixres-fast adapt` did (k_test, method, tune, frechet, ...)
@@ -167,8 +165,16 @@ class CheckpointMeta:
     legacy_data: str | None = field(default=None, compare=False)
 
     def test_spec(self, k_test: int) -> TestDA:
-        """Test DA at ``k_test`` with the resize ratio the checkpoint was evaluated with."""
-        return TestDA(k_test=k_test, resize_ratio=self.test_da.resize_ratio)
+        """Test DA at ``k_test`` with the checkpoint's resize ratio, normalisation and interpolation."""
+        return TestDA(k_test=k_test, **pixels_of(self.test_da), resize_ratio=self.test_da.resize_ratio)
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.test_da.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.test_da.std
 
     def adapted(self, key: str):
         """The adaptation record's ``key`` (e.g. 'k_test', 'tune', 'method'), or None (not adapted, or not recorded)."""
@@ -198,16 +204,16 @@ class CheckpointMeta:
         """The metadata of a checkpoint (``meta``, checked by :func:`load`; any earlier version's layout), with
         the training ``config`` it carries, if any (an early checkpoint names its data set only there)."""
         pre = meta["preprocessing"]
-        test = {"k_test": meta["test_res"], "resize_ratio": RESIZE_RATIO, **pre["test"]}
+        norm = {k: pre[k] for k in ("mean", "std") if k in pre}  # before issue 17: one normalisation beside the specs
+        test = {"k_test": meta["test_res"], "resize_ratio": RESIZE_RATIO, **norm, **pre["test"]}
         recipe = meta.get("recipe")
         names = {f.name for f in dataclasses.fields(Recipe)}
         history = meta.get("resumed_from")
         legacy = (meta.get("adaptation") or {}).get("data") or (config if isinstance(config, dict) else {}).get("data")
         return cls(arch=meta["arch"], num_classes=meta["num_classes"], k_train=meta["train_res"],
                    k_test=meta["test_res"], test_da=_spec(test, "test"),
-                   train_da=_spec(pre["train"], "train") if isinstance(pre.get("train"), dict) else None,
+                   train_da=_spec({**norm, **pre["train"]}, "train") if isinstance(pre.get("train"), dict) else None,
                    classes=None if meta.get("classes") is None else tuple(meta["classes"]),
-                   mean=tuple(pre.get("mean", IMAGENET_MEAN)), std=tuple(pre.get("std", IMAGENET_STD)),
                    recipe=Recipe(**{k: v for k, v in recipe.items() if k in names}) if isinstance(recipe, dict) else None,
                    data=meta.get("data"), adaptation=meta.get("adaptation"),
                    resumed_from=tuple(history) if isinstance(history, list) else (),
@@ -221,6 +227,11 @@ def _spec(d: dict, default_mode: str):
     kind = MODES[d.get("mode", default_mode)]
     names = {f.name for f in dataclasses.fields(kind)}
     return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+
+
+def pixels_of(spec) -> dict:
+    """The :class:`~fixres_fast.spec.Pixels` fields (mean, std, interpolation) of a spec, to build another with."""
+    return {f.name: getattr(spec, f.name) for f in dataclasses.fields(Pixels)}
 
 
 def meta_of(doc: dict) -> CheckpointMeta:

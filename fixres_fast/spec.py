@@ -33,10 +33,33 @@ REPEATS = 3  # repeated augmentation (Sec. 5, [Hoffer et al.])
 #: batches of B on ImageNet-1k is 2.0.
 EPOCH_FRACTION = 1.0
 DA2_SHIFT = 1.0  # test DA2: fraction of the horizontal slack the crop's left edge may use (1: flush-left..flush-right)
+#: Resampling filters every backend implements, antialiased as PIL does (a support widened by the scale when shrinking).
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pixels:
+    """How every mode resamples and normalises pixels: the model's own preprocessing (timm's ``pretrained_cfg``
+    mean, std and interpolation; torchvision's weight transforms). Keyword-only, after each mode's own fields."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # RGB, fractions of 255
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"  # one of INTERPOLATIONS
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise UserError(f"unknown interpolation {self.interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                raise UserError(f"{name} must be three numbers (R, G, B as fractions of 255), got {v!r}")
+            object.__setattr__(self, name, tuple(float(x) for x in v))
+        if not all(x > 0 for x in self.std):
+            raise UserError(f"std must be positive, got {self.std!r}")
 
 
 @dataclass(frozen=True)
-class TrainDA:
+class TrainDA(Pixels):
     """Train DA: RandomResizedCrop to ``k_train``, horizontal flip, optional colour jitter."""
 
     k_train: int = 224
@@ -52,7 +75,7 @@ class TrainDA:
 
 
 @dataclass(frozen=True)
-class TestDA:
+class TestDA(Pixels):
     """Test DA: resize the short side to ``resize_short``, then centre crop ``k_test``.
 
     Order is resize-then-crop (torchvision's), never crop-then-resize.
@@ -100,6 +123,19 @@ def k_test_image(k_test: int, resize_ratio: float = RESIZE_RATIO) -> int:
     if k_test <= 0:
         raise ValueError(f"test resolution must be a positive number of pixels, got {k_test}")
     return int(round(k_test * resize_ratio))
+
+
+def ratio_from_crop_pct(crop_pct: float) -> float:
+    """TestDA.resize_ratio (K_test^image / K_test) from timm's ``crop_pct`` (K_test / K_test^image). timm floors
+    K_test / crop_pct where k_test_image rounds: the same short side unless its fraction is at least one half."""
+    if not 0 < crop_pct <= 1:
+        raise UserError(f"crop_pct must be in (0, 1] (the centre crop's fraction of the resized short side), got {crop_pct}")
+    return 1 / crop_pct
+
+
+def crop_pct_from_ratio(resize_ratio: float) -> float:
+    """timm's ``crop_pct`` (K_test / K_test^image) of a TestDA.resize_ratio."""
+    return 1 / resize_ratio
 
 
 def make_spec(mode: str, res: int, **overrides):

@@ -31,7 +31,7 @@ from .engine import evaluate_loader, train_step
 from .models import build_model
 from .seeds import Stream, seed_for
 from .runtime import amp_dtype, resolve_device
-from .spec import IMAGENET_MEAN, IMAGENET_STD, SCHEDULES, Recipe, TestDA, make_spec
+from .spec import SCHEDULES, Recipe, TestDA, make_spec
 
 CHECK_EVERY = 20  # steps between checks of the loss and of stop requests (each costs a device sync)
 
@@ -140,7 +140,7 @@ def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict, da
     return checkpoint.CheckpointMeta(
         arch=cfg.arch, num_classes=len(classes), classes=tuple(classes), data=data, resumed_from=tuple(resumed_from),
         k_train=cfg.k_train, k_test=cfg.k_train, train_da=make_spec(cfg.aug, cfg.k_train), test_da=TestDA(k_test=cfg.k_train),
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, recipe=cfg.recipe, epoch=epoch, results=results,
+        recipe=cfg.recipe, epoch=epoch, results=results,
         revision=git_revision(), version=__version__)
 
 
