@@ -27,14 +27,15 @@ import torch.nn.functional as F
 
 from . import checkpoint, frechet, progress
 from .artifacts import git_revision
-from .checkpoint import CheckpointMeta
-from .data import backend_for, check_res, data_record
+from .checkpoint import CheckpointMeta, pixels_of
+from .data import backend_for, check_res, data_record, label_map
 from .distributed import Dist
 from .engine import autocast, evaluate_loader, limited, pooled_features, train_step
 from .errors import UserError
 from .geometry import RESOLUTION_STEP, k_test_calibrated, suggest_k_test
 from .seeds import Stream, seed_for
 from .models import TUNE, adaptation_mode, classifier, split_at, tuned_modules
+from .pretrained import Pretrained
 from .spec import (AREA_RANGE, AUTO_HOLDOUT, AUTO_IMAGES, AUTO_MIN_HELD_OUT, FINETUNE_LR_BATCH, adapt_epochs,
                    finetune_recipe, make_spec)
 from .runtime import amp_dtype, resolve_device
@@ -44,9 +45,10 @@ AUGS, METHODS, BN_SCOPES = ("test", "test2", "train"), ("finetune", "frechet"), 
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    checkpoint: str
+    checkpoint: str | Pretrained  # a checkpoint of ours, or plain pretrained weights
     k_test: int | None = None  # K_test (CLI: --test-res); None: choose it on a held-out slice of the training set ('auto')
     data: str | None = None  # a conversion's OUT folder; None: the one the checkpoint was trained on
+    classes_map: str | None = None  # a file mapping the records' classes onto the model's (data.read_classes_map)
     tune: str = "bn+fc"  # fc | bn+fc | bn-stats | last-stage
     bn_scope: str = "last"  # bn-stats: 'last' BN before pooling, or 'all'
     aug: str = "test"  # fine-tuning augmentation: test DA (paper), test2 (test DA2) or train DA
@@ -54,7 +56,7 @@ class AdaptConfig:
     epochs: int | None = None  # None: the paper's 60 where the trunk is cached, else 10 (spec.adapt_epochs)
     batch_size: int = FINETUNE_LR_BATCH  # B (paper: 512)
     lr: float | None = None  # None: 0.008 * B / 512
-    out: str | None = None  # None: CHECKPOINT-adaptedK.pt beside the checkpoint
+    out: str | None = None  # None: CHECKPOINT-adaptedK.pt beside the checkpoint (pretrained weights: in the current folder)
     backend: str = "auto"
     device: str = "auto"
     amp: str = "auto"
@@ -76,6 +78,7 @@ class _Job:
     cfg: AdaptConfig
     meta: CheckpointMeta
     data: str
+    classes_map: dict | None  # {records' class: the model's output index}, None where they are the same classes
     device: torch.device
     dtype: torch.dtype | None
     backend: str
@@ -85,9 +88,10 @@ class _Job:
         order unless ``training`` (shuffled, whole batches)."""
         from .loaders import LoaderConfig, make_loader
 
-        spec = self.meta.test_spec(k) if mode == "test" else make_spec(mode, k)
+        spec = self.meta.test_spec(k) if mode == "test" else make_spec(mode, k, **pixels_of(self.meta.test_da))
         c = LoaderConfig(batch_size=batch_size or self.cfg.batch_size, device=str(self.device), seed=self.cfg.seed,
-                         workers=self.cfg.workers, training=training, on_corrupt=self.cfg.on_corrupt)
+                         workers=self.cfg.workers, training=training, on_corrupt=self.cfg.on_corrupt,
+                         label_map=label_map(self.classes_map, self.data))
         return make_loader(self.backend, spec, self.data, split, c)
 
     @property
@@ -99,9 +103,9 @@ def adapt(cfg: AdaptConfig, log=print) -> dict:
     """Adapt ``cfg.checkpoint`` to K_test and save it; returns the new checkpoint's 'adaptation' metadata."""
     _check_options(cfg)
     device = resolve_device(cfg.device)
-    model, meta = checkpoint.open_model(cfg.checkpoint, device)
-    data = checkpoint.data_for(meta, cfg.data, cfg.checkpoint)
-    job = _Job(cfg, meta, data, device, amp_dtype(cfg.amp, device), backend_for(cfg.backend, device, data))
+    model, meta = checkpoint.open_model(cfg.checkpoint, device, log)
+    data, cmap = checkpoint.data_for(meta, cfg.data, cfg.checkpoint, cfg.classes_map)
+    job = _Job(cfg, meta, data, cmap, device, amp_dtype(cfg.amp, device), backend_for(cfg.backend, device, data))
     tuned_modules(model, cfg.tune if cfg.method == "finetune" else "fc", cfg.bn_scope, job.k_train)  # fail early
     t0 = time.perf_counter()
     auto = None
@@ -119,12 +123,14 @@ def adapt(cfg: AdaptConfig, log=print) -> dict:
         log(f"val top-1 at K_test={k_test}: {before:.2f}% before, {after:.2f}% after adaptation")
     result = {"k_test": k_test, "method": cfg.method, "tune": cfg.tune, "bn_scope": cfg.bn_scope, "aug": cfg.aug,
               "batch_size": cfg.batch_size, "lr": finetune_recipe(1, cfg.batch_size, cfg.lr).base_lr,
-              "data": os.path.abspath(job.data), "from": os.path.abspath(cfg.checkpoint), "seconds": seconds,
+              "data": os.path.abspath(job.data), "from": os.path.abspath(str(cfg.checkpoint)), "seconds": seconds,
               "seconds_auto": t_auto, "auto": auto,
               "val_top1_before": before, "val_top1_after": after, **info}
-    out = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).with_name(f"{Path(cfg.checkpoint).stem}-adapted{k_test}.pt")
+    src = Path(str(cfg.checkpoint))
+    here = src.parent if not isinstance(cfg.checkpoint, Pretrained) else Path()  # pretrained weights: maybe read-only
+    out = Path(cfg.out) if cfg.out else here / f"{src.stem}-adapted{k_test}.pt"
     checkpoint.save(out, model, replace(meta, k_test=k_test, test_da=meta.test_spec(k_test), revision=git_revision(),
-                                        adaptation=result, data=data_record(job.data)))
+                                        adaptation=result, data=data_record(job.data), classes_map=cmap))
     log(f"adapted in {seconds:.1f} s; wrote {out}")
     return {**result, "out": str(out)}
 

@@ -67,22 +67,35 @@ def save(path: str | Path, model: torch.nn.Module, meta: CheckpointMeta | dict, 
     torch_save(path, {"model": unwrap(model).state_dict(), "meta": plain(meta, "meta"), **plain(state)})
 
 
-def load(path: str | Path, map_location="cpu") -> dict:
-    """The checkpoint at ``path``, read without running code from it, its metadata checked."""
+def read_plain(path: str | Path, map_location="cpu"):
+    """What ``torch.save`` wrote to ``path``, read with ``weights_only=True``: plain types only, so nothing in the
+    file runs; a clear error for a file that is damaged, not torch's, or needs other objects."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
         with warnings.catch_warnings():  # torch warns (on stderr) before refusing a foreign pickle protocol
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            doc = torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for a damaged, foreign or hostile file
         raise UserError(_unreadable(path, e)) from None
+
+
+def load(source, map_location="cpu", log=print) -> dict:
+    """The checkpoint at ``source`` (a path), read without running code from it, its metadata checked; or, for a
+    :class:`~fixres_fast.pretrained.Pretrained`, its weights and the model's own config as the same document."""
+    from .pretrained import Pretrained, document
+
+    if isinstance(source, Pretrained):
+        return document(source, log)
+    path = Path(source)
+    doc = read_plain(path, map_location)
     meta = doc.get("meta") if isinstance(doc, dict) else None
     missing = [k for k in REQUIRED_META if not isinstance(meta, dict) or k not in meta]
     if not isinstance(doc, dict) or "model" not in doc or missing:
         raise UserError(f"{path} has no fixres-fast metadata (missing: {', '.join(missing) or 'model'}); "
-                        "checkpoints written by `fixres-fast train` or `adapt` carry it")
+                        "checkpoints written by `fixres-fast train` or `adapt` carry it (for plain weights from "
+                        "torchvision, timm or elsewhere, pass --weights FILE --arch NAME)")
     problem = _invalid(doc)
     if problem:
         raise UserError(f"{path} has invalid fixres-fast metadata ({problem}); checkpoints written by "
@@ -104,6 +117,10 @@ def _unreadable(path: Path, e: Exception) -> str:
 
 def _positive_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x > 0
+
+
+def _index(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def _invalid(doc: dict) -> str | None:
@@ -134,6 +151,12 @@ def _invalid(doc: dict) -> str | None:
     classes = meta.get("classes")
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         return "classes must be a list of class names"
+    cmap = meta.get("classes_map")
+    if cmap is not None and not (isinstance(cmap, dict) and all(isinstance(k, str) and _index(v)
+                                                                for k, v in cmap.items())):
+        return "classes_map must map class names of the records to the model's output indices"
+    if not isinstance(meta.get("pretrained") or {}, dict):
+        return "pretrained must be a dict"
     return None
 
 
@@ -157,6 +180,9 @@ class CheckpointMeta:
     data: dict | None = None  # {'path': absolute, 'manifest_sha256': str or None} (data.data_record)
     adaptation: dict | None = None  # what `fixres-fast adapt` did (k_test, method, tune, frechet, ...)
     resumed_from: tuple = ()  # earlier settings of a run `train --resume-changed` continued
+    #: {records' class name: the model's output index} where the records' classes are another set (--classes-map)
+    classes_map: dict | None = None
+    pretrained: dict | None = None  # plain weights this came from: {weights (absolute), sha256, arch, config}
     epoch: int | None = None
     results: dict = field(default_factory=dict)
     revision: str = "unknown"  # on disk: git
@@ -192,7 +218,8 @@ class CheckpointMeta:
             pre = {"train": {"mode": mode_of(self.train_da), **asdict(self.train_da)}, **pre}
         doc = {"arch": self.arch, "num_classes": self.num_classes,
                "classes": None if self.classes is None else list(self.classes), "data": self.data,
-               "resumed_from": list(self.resumed_from), "train_res": self.k_train, "test_res": self.k_test,
+               "resumed_from": list(self.resumed_from), "classes_map": self.classes_map,
+               "pretrained": self.pretrained, "train_res": self.k_train, "test_res": self.k_test,
                "preprocessing": pre, "recipe": None if self.recipe is None else asdict(self.recipe),
                "epoch": self.epoch, "results": dict(self.results), "git": self.revision, "fixres_fast": self.version}
         if self.adaptation is not None:
@@ -217,6 +244,7 @@ class CheckpointMeta:
                    recipe=Recipe(**{k: v for k, v in recipe.items() if k in names}) if isinstance(recipe, dict) else None,
                    data=meta.get("data"), adaptation=meta.get("adaptation"),
                    resumed_from=tuple(history) if isinstance(history, list) else (),
+                   classes_map=meta.get("classes_map"), pretrained=meta.get("pretrained"),
                    epoch=meta.get("epoch"), results=dict(meta.get("results") or {}),
                    revision=meta.get("git", "unknown"), version=meta.get("fixres_fast"),
                    legacy_data=legacy if isinstance(legacy, str) and legacy else None)
@@ -277,17 +305,20 @@ def model_from_checkpoint(doc: dict, device: torch.device, path="the checkpoint"
     return model
 
 
-def open_model(path, device: torch.device) -> tuple[torch.nn.Module, CheckpointMeta]:
-    """(model, metadata) of the checkpoint at ``path``: read safely, checked, on ``device`` in eval mode."""
-    doc = load(path)
-    return model_from_checkpoint(doc, device, path), meta_of(doc)
+def open_model(source, device: torch.device, log=print) -> tuple[torch.nn.Module, CheckpointMeta]:
+    """(model, metadata) of the checkpoint at ``source`` (or of :class:`~fixres_fast.pretrained.Pretrained`
+    weights): read safely, checked, on ``device`` in eval mode."""
+    doc = load(source, log=log)
+    return model_from_checkpoint(doc, device, source), meta_of(doc)
 
 
-def data_for(meta: CheckpointMeta, data: str | None, path) -> str:
-    """The data set to use with the checkpoint ``meta`` (read from ``path``): ``data`` when given, else the one
-    it records (its path and manifest checked), else (older checkpoints) ``adaptation.data`` or ``config.data``;
-    its classes checked against the checkpoint's."""
-    from .data import check_classes, data_record
+def data_for(meta: CheckpointMeta, data: str | None, path, classes_map: str | None = None) -> tuple[str, dict | None]:
+    """(the data set, the classes map) to use with the checkpoint ``meta`` (read from ``path``). The data set:
+    ``data`` when given, else the one it records (its path and manifest checked), else (older checkpoints)
+    ``adaptation.data`` or ``config.data``. Its classes are checked against the checkpoint's: equal, or mapped
+    onto the model's outputs by the ``classes_map`` file (--classes-map) or the map the checkpoint was adapted
+    with; the map is returned as {records' class name: the model's output index}, None where they are equal."""
+    from .data import check_classes, check_mapped, data_record, resolve_classes_map
 
     rec = meta.data
     if data:
@@ -305,6 +336,11 @@ def data_for(meta: CheckpointMeta, data: str | None, path) -> str:
         chosen = meta.legacy_data
         if chosen is None:
             raise UserError(f"{path} does not say which data set it was trained on; pass --data OUT")
-    check_classes(None if meta.classes is None else list(meta.classes), meta.num_classes, chosen,
-                  f"the checkpoint {path}")
-    return chosen
+    classes = None if meta.classes is None else list(meta.classes)
+    if classes_map:
+        return chosen, resolve_classes_map(classes_map, classes, meta.num_classes, chosen)
+    if meta.classes_map:
+        check_mapped(meta.classes_map, chosen, f"the classes map {path} was adapted with")
+        return chosen, meta.classes_map
+    check_classes(classes, meta.num_classes, chosen, f"the checkpoint {path}")
+    return chosen, None

@@ -21,7 +21,7 @@ from .loaders.common import ON_CORRUPT
 from .models import TUNE
 from .profile import ProfileConfig
 from .runtime import AMP, parse_resolutions
-from .spec import ADAPT_EPOCHS_STREAMED, FINETUNE_EPOCHS, MODES, RESIZE_RATIO, SCHEDULES, Recipe
+from .spec import ADAPT_EPOCHS_STREAMED, FINETUNE_EPOCHS, INTERPOLATIONS, MODES, RESIZE_RATIO, SCHEDULES, Recipe
 from .train import TrainConfig
 
 
@@ -178,6 +178,70 @@ def verify_cmd(out, workers):
     verify(out, workers=workers or os.cpu_count())
 
 
+def _triple(text: str | None, option: str):
+    if text is None:
+        return None
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise click.BadParameter(f"expected three comma-separated numbers (R,G,B as fractions of 255), got {text!r}",
+                                 param_hint=option)
+    return values
+
+
+def model_options(fn):
+    """--weights FILE --arch NAME (plain pretrained weights) with the overrides of the model's own preprocessing,
+    and --classes-map, as evaluate, adapt and analyze activations take them."""
+    options = [
+        click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                     help="Plain pretrained weights instead of a checkpoint: a state_dict (.pth/.pt, read with "
+                          "weights_only=True; also nested under 'state_dict' or 'model', 'module.' prefixes) or "
+                          ".safetensors. Needs --arch."),
+        click.option("--arch", default=None, help="With --weights: a torchvision name (resnet50, resnet50.IMAGENET1K_V1) "
+                     "or a timm name with or without its pretrained tag (timm/resnet50.a1_in1k, tf_efficientnet_lite1); "
+                     "its own config gives the preprocessing."),
+        click.option("--train-res", "k_train", type=int, default=None,
+                     help="With --weights: the resolution the weights were trained at [default: timm's input_size, "
+                          "torchvision's crop_size, else 224]."),
+        click.option("--mean", default=None, help="With --weights: normalisation mean R,G,B [default: the model's own]."),
+        click.option("--std", default=None, help="With --weights: normalisation std R,G,B [default: the model's own]."),
+        click.option("--interpolation", type=click.Choice(INTERPOLATIONS), default=None,
+                     help="With --weights: resizing filter [default: the model's own]."),
+        click.option("--crop-pct", type=float, default=None,
+                     help="With --weights: K_test / K_test^image, timm's crop_pct [default: the model's own]."),
+        click.option("--classes-map", type=click.Path(dir_okay=False), default=None,
+                     help="Map the records' classes onto the model's, e.g. a subset of ImageNet's 1000: a JSON object "
+                          "or lines 'RECORD_CLASS MODEL_CLASS' (a model class name or output index)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def model_sources(checkpoints, opts: dict) -> tuple:
+    """The models a job opens: each --checkpoint, then the --weights (popping the model options from ``opts``)."""
+    from .pretrained import Pretrained
+
+    weights, arch = opts.pop("weights"), opts.pop("arch")
+    given = {k: opts.pop(k) for k in ("k_train", "mean", "std", "interpolation", "crop_pct")}
+    given["mean"], given["std"] = _triple(given["mean"], "--mean"), _triple(given["std"], "--std")
+    if weights is None:
+        used = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None] + (["--arch"] * bool(arch))
+        if used:
+            raise UserError(f"{', '.join(used)} describe(s) plain weights: pass --weights FILE too (a checkpoint "
+                            "of ours carries its own)")
+        if not checkpoints:
+            raise UserError("expected --checkpoint FILE (ours), or --weights FILE --arch NAME (plain pretrained weights)")
+        return tuple(checkpoints)
+    if not arch:
+        raise UserError("--weights needs --arch NAME: the torchvision or timm model the weights are for")
+    if given["k_train"] is not None and given["k_train"] <= 0:
+        raise UserError(f"--train-res must be a positive number of pixels, got {given['k_train']}")
+    return (*checkpoints, Pretrained(weights=weights, arch=arch, **given))
+
+
 def run_options(fn):
     """--backend, --device, --amp, --workers and --on-corrupt, as every job that runs a model on records takes them."""
     options = [
@@ -223,6 +287,10 @@ def run_options(fn):
 @click.option("--aug", type=click.Choice(list(MODES)), default=default_of(TrainConfig, "aug"), help="Train DA (paper), or test DA / DA2.")
 @click.option("--eval-res", default=default_of(TrainConfig, "eval_res"), show_default=False,
               help="Further test resolutions to evaluate after each epoch, e.g. 224,288 [default: none].")
+@click.option("--init", type=click.Path(dir_okay=False), default=None,
+              help="Start from these weights (fine-tuning, transfer): a checkpoint of ours, or plain --arch weights "
+                   "(.pth/.pt/.safetensors, as evaluate --weights reads them). Where the classes differ, the "
+                   "classifier is new. Their mean, std and interpolation are kept [default: random initialisation].")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt.")
 @click.option("--resume-changed", is_flag=True, help="With --resume: continue although the data, --res, --aug, --seed "
               "or the recipe differ from OUT/last.pt's (refused otherwise); the checkpoint records both.")
@@ -246,6 +314,10 @@ def train(gpus, compile_, eval_res, **opts):
         i = next(k for k, a in enumerate(args) if a == "--gpus" or a.startswith("--gpus="))
         relaunch_under_torchrun(gpus, args[:i] + args[i + (1 if "=" in args[i] else 2):])
     recipe = Recipe(**{f.name: opts.pop(f.name) for f in dataclasses.fields(Recipe)})
+    if opts["init"]:
+        from .pretrained import init_source
+
+        opts["init"] = init_source(opts["init"], opts["arch"])
     result = run(TrainConfig(recipe=recipe, compile=compile_, eval_res=parse_resolutions(eval_res), **opts))
     if result.get("interrupted"):  # not finished: exit as a job killed by the signal would (SIGTERM 143, SIGINT 130)
         import signal
@@ -380,8 +452,9 @@ def roc(resize_ratio, out, **opts):
 
 @analyze.command("activations", context_settings={"show_default": True},
                   short_help="Pooled activations against test resolution (Fig. 3, 4).")
-@click.option("--checkpoint", "checkpoints", required=True, multiple=True, type=click.Path(dir_okay=False),
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(dir_okay=False),
               help="Repeatable: e.g. a checkpoint and its adapted version, drawn on one plot (Fig. 4).")
+@model_options
 @click.option("--res", "k_test", default=default_of(ActivationsConfig, "k_test"),
               help="Test resolutions K_test, comma-separated (the paper's Fig. 3).")
 @click.option("--split", default=default_of(ActivationsConfig, "split"), help="Which split's images: val or train.")
@@ -400,7 +473,8 @@ def activations(checkpoints, k_test, out, **opts):
     fraction above 2. Resolutions the stored records are too small for are skipped with a warning."""
     from .analysis.activations import pooled_activations, report_lines, write_activations
 
-    cfg = ActivationsConfig(checkpoints=tuple(checkpoints), k_test=parse_resolutions(k_test), **opts)
+    sources = model_sources(checkpoints, opts)
+    cfg = ActivationsConfig(checkpoints=sources, k_test=parse_resolutions(k_test), **opts)
     result = pooled_activations(cfg, log=click.echo)
     click.echo("\n".join(report_lines(result)))
     paths = write_activations(result, out)
@@ -418,7 +492,9 @@ def _test_res(text: str) -> int | None:
 
 
 @main.command(context_settings={"show_default": True}, short_help="Adapt a checkpoint to the test resolution K_test (Sec. 4.2).")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A checkpoint from `fixres-fast train`.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="A checkpoint from `fixres-fast train` (or pass --weights and --arch).")
+@model_options
 @click.option("--test-res", "k_test", required=True, help="K_test in pixels, or 'auto': try multiples of 32 from K_train to "
               "2 K_train on a held-out slice of the training set, keep the best (Eq. 5's prediction is printed beside it).")
 @click.option("--data", type=click.Path(file_okay=False), default=None,
@@ -457,13 +533,43 @@ def adapt(k_test, **opts):
     """
     from .adapt import adapt as run
 
-    run(AdaptConfig(k_test=_test_res(k_test), **opts), log=click.echo)
+    given = opts.pop("checkpoint")
+    sources = model_sources([given] if given else [], opts)
+    if len(sources) != 1:
+        raise UserError("adapt takes one model: --checkpoint FILE, or --weights FILE --arch NAME")
+    run(AdaptConfig(checkpoint=sources[0], k_test=_test_res(k_test), **opts), log=click.echo)
+
+
+@main.command("export", context_settings={"show_default": True},
+              short_help="Write a checkpoint as a timm / Hugging Face folder (model.safetensors + config.json).")
+@click.argument("checkpoint", metavar="CKPT", required=False, type=click.Path(dir_okay=False))
+@click.argument("out", metavar="OUT_DIR", type=click.Path(file_okay=False))
+@model_options
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export in OUT_DIR.")
+@user_errors
+def export_cmd(checkpoint, out, overwrite, **opts):
+    """Write CKPT's model (an adapted one: at its K_test) to OUT_DIR in a form other tools load.
+
+    timm models: model.safetensors and config.json in timm's Hugging Face layout, whose pretrained_cfg gives K_test
+    as input_size and test_input_size, with crop_pct, mean, std, interpolation and the class names, so that
+    timm.create_model("local-dir:OUT_DIR", pretrained=True) builds the model offline and
+    timm.data.resolve_data_config(model=model) its preprocessing. Every model: model.pth (a plain state_dict) and
+    fixres.json (K_train, K_test, the test transform as torchvision's resize_size / crop_size / interpolation /
+    mean / std, the adaptation). Instead of CKPT, --weights FILE --arch NAME exports plain weights."""
+    from .export import ExportConfig, export
+
+    opts.pop("classes_map")
+    sources = model_sources([checkpoint] if checkpoint else [], opts)
+    if len(sources) != 1:
+        raise UserError("export takes one model: CKPT, or --weights FILE --arch NAME")
+    export(ExportConfig(checkpoint=sources[0], out=out, overwrite=overwrite), log=click.echo)
 
 
 @main.command("evaluate", context_settings={"show_default": True},
               short_help="Top-1 and top-5 at each test resolution (test DA).")
-@click.option("--checkpoint", "checkpoints", required=True, multiple=True, type=click.Path(dir_okay=False),
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(dir_okay=False),
               help="Repeatable: e.g. the base checkpoint and the adapted one, drawn on one plot (Fig. 5).")
+@model_options
 @click.option("--res", "k_test", default=default_of(EvalConfig, "k_test"), show_default=False, help="Test resolutions, e.g. 128,160,224,288,384 [default: each checkpoint's own].")
 @click.option("--ensemble", default=default_of(EvalConfig, "ensemble"), show_default=False,
               help="Average the softmax over these resolutions, e.g. 384,352 [default: none].")
@@ -479,7 +585,7 @@ def evaluate_cmd(checkpoints, k_test, ensemble, out, **opts):
     10-fold leave-one-out standard deviation of top-1; --ensemble averages the softmax over resolutions."""
     from .evaluate import evaluate, write_results
 
-    cfg = EvalConfig(checkpoints=tuple(checkpoints), k_test=parse_resolutions(k_test), ensemble=parse_resolutions(ensemble), **opts)
+    cfg = EvalConfig(checkpoints=model_sources(checkpoints, opts), k_test=parse_resolutions(k_test), ensemble=parse_resolutions(ensemble), **opts)
     paths = write_results(evaluate(cfg, log=click.echo), cfg, out)
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 

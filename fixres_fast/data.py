@@ -57,12 +57,77 @@ def check_classes(classes: list[str] | None, num_classes: int, data: str | Path,
     if classes is None:
         raise UserError(f"{what} has {num_classes} classes, but {data} holds {n} ({_shortened(names)}); "
                         "pass the --data it was trained on")
+    if set(names) < set(classes):
+        raise UserError(f"{data}'s {n} classes ({_shortened(names)}) are a subset of {what}'s {len(classes)}: pass "
+                        f"--classes-map FILE, a file of lines 'RECORD_CLASS MODEL_CLASS' (here e.g. '{names[0]} "
+                        f"{names[0]}'), to evaluate on them")
     diffs = [i for i in range(max(len(classes), n)) if i >= len(classes) or i >= n or classes[i] != names[i]]
     shown = "; ".join(f"#{i} {_at(classes, i)} vs {_at(names, i)}" for i in diffs[:SHOWN])
     raise UserError(f"{what} was trained on {len(classes)} classes ({_shortened(classes)}), but {data} holds "
                     f"{n} ({_shortened(names)}); they differ at {len(diffs)} label(s): {shown}"
                     f"{' ...' if len(diffs) > SHOWN else ''}. Its predictions would name the wrong classes: pass "
-                    "the --data it was trained on, or a checkpoint trained on these classes")
+                    "the --data it was trained on, a checkpoint trained on these classes, or --classes-map FILE to map "
+                    "these classes onto the model's")
+
+
+def read_classes_map(path: str | Path) -> dict[str, str]:
+    """A --classes-map file: a JSON object {records' class: model's class}, or lines ``RECORD_CLASS MODEL_CLASS``
+    (whitespace, comma or tab between; ``#`` comments). A model class is a name in the model's classes or an
+    output index."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"classes map {path} does not exist")
+    text = path.read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError as e:
+            raise UserError(f"{path} is not valid JSON ({e})") from None
+        if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in doc.values()):
+            raise UserError(f"{path} must map each records' class name to a model class name or index")
+        return {str(k): str(v) for k, v in doc.items()}
+    pairs = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].replace(",", " ").split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise UserError(f"{path}:{n}: expected RECORD_CLASS MODEL_CLASS, found {line.strip()!r}")
+        pairs[fields[0]] = fields[1]
+    return pairs
+
+
+def resolve_classes_map(path: str | Path, model_classes: list[str] | None, num_classes: int, data) -> dict[str, int]:
+    """{records' class name: the model's output index} from a --classes-map file, every record class mapped."""
+    given = read_classes_map(path)
+    index = {name: i for i, name in enumerate(model_classes or ())}
+    resolved = {}
+    for record_class, target in given.items():
+        i = index.get(target, int(target) if target.isdigit() else None)
+        if i is None or not 0 <= i < num_classes:
+            known = f"one of the model's class names ({_shortened(model_classes)}) or " if model_classes else ""
+            raise UserError(f"{path}: {record_class!r} maps to {target!r}, which is not {known}an output index "
+                            f"0..{num_classes - 1}")
+        resolved[record_class] = i
+    check_mapped(resolved, data, f"the classes map {path}")
+    return resolved
+
+
+def check_mapped(cmap: dict[str, int], data, what: str) -> None:
+    """Refuse ``data`` unless ``cmap`` maps every one of its classes."""
+    _, names = dataset_info(data)
+    unmapped = [n for n in names if n not in cmap]
+    if unmapped:
+        raise UserError(f"{what} does not map {len(unmapped)} of the {len(names)} classes of {data} "
+                        f"({_shortened(unmapped)}); add a line for each")
+
+
+def label_map(cmap: dict[str, int] | None, data) -> tuple[int, ...] | None:
+    """The model's output index for each of ``data``'s labels, in label order (None: the identity)."""
+    if cmap is None:
+        return None
+    _, names = dataset_info(data)
+    return tuple(cmap[n] for n in names)
 
 
 def _shortened(names: list[str]) -> str:

@@ -40,8 +40,9 @@ def scores(probs: torch.Tensor, labels: torch.Tensor, folds: int = FOLDS) -> dic
 
 @dataclass(frozen=True)
 class EvalConfig:
-    checkpoints: tuple[str, ...]
+    checkpoints: tuple  # checkpoint paths, or pretrained.Pretrained weights
     data: str | None = None  # a conversion's OUT folder; None: the one the checkpoint was trained or adapted on
+    classes_map: str | None = None  # a file mapping the records' classes onto the model's (data.read_classes_map)
     k_test: tuple[int, ...] = ()  # K_test values (CLI: --res); (): each checkpoint's own test resolution
     ensemble: tuple[int, ...] = ()  # resolutions whose softmax is averaged, e.g. (384, 352)
     batch_size: int = 100
@@ -55,7 +56,9 @@ class EvalConfig:
 
 def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
     """One row per checkpoint and resolution (and per checkpoint for the ensemble)."""
-    from .data import backend_for, check_res
+    from dataclasses import replace
+
+    from .data import backend_for, check_res, label_map
     from .loaders import LoaderConfig, make_loader
     from .runtime import amp_dtype, resolve_device
 
@@ -70,14 +73,15 @@ def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
                               on_corrupt=cfg.on_corrupt)
     rows = []
     for path in cfg.checkpoints:
-        model, meta = checkpoint.open_model(path, device)
-        data, own = checkpoint.data_for(meta, cfg.data, path), cfg.k_test or (meta.k_test,)
+        model, meta = checkpoint.open_model(path, device, log)
+        (data, cmap), own = checkpoint.data_for(meta, cfg.data, path, cfg.classes_map), cfg.k_test or (meta.k_test,)
+        labelled = replace(loader_cfg, label_map=label_map(cmap, data))
         ensemble, ks = None, list(dict.fromkeys((*own, *cfg.ensemble)))
         for k in ks:  # every resolution checked before any is measured
             check_res(meta.test_spec(k), data, "--ensemble" if k in cfg.ensemble and k not in own else "--res")
         for k in ks:
-            loader = make_loader(backend_for(backend, device, data), meta.test_spec(k), data, "val", loader_cfg)
-            probs, labels = predict(model, progress.images(loader, f"{Path(path).name} @ {k}", loader.epoch_length), dtype)
+            loader = make_loader(backend_for(backend, device, data), meta.test_spec(k), data, "val", labelled)
+            probs, labels = predict(model, progress.images(loader, f"{Path(str(path)).name} @ {k}", loader.epoch_length), dtype)
             if k in cfg.ensemble:
                 ensemble = probs if ensemble is None else ensemble + probs
             if k in own:

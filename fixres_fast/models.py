@@ -30,21 +30,27 @@ def architectures() -> list[str]:
 
 
 def build_model(arch: str, num_classes: int) -> nn.Module:
-    """A randomly initialised classifier with ``num_classes`` outputs: torchvision's ``arch``, else timm's."""
+    """A randomly initialised classifier with ``num_classes`` outputs: ours (``fixres_cnn``), else torchvision's
+    ``arch``, else timm's (``timm/NAME`` picks timm; a pretrained tag, ``NAME.TAG``, picks its config)."""
     import torchvision
+
+    from .pretrained import split_arch
 
     if num_classes < 1:
         raise UserError(f"a model needs at least one class, got {num_classes}")
-    if arch in SMALL_ARCHS:
-        return SMALL_ARCHS[arch](num_classes)
-    if arch in architectures():
-        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    library, name, tag = split_arch(arch)
+    if library == "fixres":
+        return SMALL_ARCHS[name](num_classes)
+    if library == "torchvision":
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     timm = _timm()
-    name = arch.removeprefix("timm/")
     if timm is not None and name in timm.list_models():
-        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+        try:
+            return timm.create_model(f"{name}.{tag}" if tag else name, pretrained=False, num_classes=num_classes)
+        except RuntimeError as e:  # an unknown pretrained tag
+            raise UserError(f"timm has no pretrained tag {tag!r} for {name} ({e})") from None
     known = dict.fromkeys(architectures() + (timm.list_models() if timm is not None else []))  # both have resnet50
-    close = difflib.get_close_matches(arch, list(known), n=4)
+    close = difflib.get_close_matches(name, list(known), n=4)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     where = "torchvision or timm" if timm is not None else "torchvision (timm is not installed)"
     raise UserError(f"unknown architecture {arch!r}: not a model name in {where}{hint}")

@@ -90,7 +90,7 @@ class TestDA(Pixels):
 
     @property
     def resize_short(self) -> int:
-        """K_test^image in pixels: round(K_test * resize_ratio)."""
+        """K_test^image in pixels: floor(K_test * resize_ratio) (:func:`k_test_image`)."""
         return k_test_image(self.k_test, self.resize_ratio)
 
 
@@ -118,16 +118,22 @@ def mode_of(spec) -> str:
     raise ValueError(f"expected a TrainDA, TestDA or TestDA2 spec, got {type(spec).__name__}")
 
 
+#: Float slack of k_test_image's floor: 224 * (256 / 224) must be 256, not 255.99999999999997.
+FLOOR_SLACK = 1e-9
+
+
 def k_test_image(k_test: int, resize_ratio: float = RESIZE_RATIO) -> int:
-    """Short side the image is resized to before the centre crop of ``k_test``."""
+    """Short side the image is resized to before the centre crop of ``k_test``: floor(K_test * resize_ratio), as the
+    authors' own DeiT code (``int((256 / 224) * input_size)``) and timm (``math.floor(img_size / crop_pct)``) do, so a
+    timm model's ``crop_pct`` gives its own K_test^image (224 at crop_pct 0.9: 248, where rounding gives 249)."""
     if k_test <= 0:
         raise ValueError(f"test resolution must be a positive number of pixels, got {k_test}")
-    return int(round(k_test * resize_ratio))
+    return int(k_test * resize_ratio + FLOOR_SLACK)
 
 
 def ratio_from_crop_pct(crop_pct: float) -> float:
-    """TestDA.resize_ratio (K_test^image / K_test) from timm's ``crop_pct`` (K_test / K_test^image). timm floors
-    K_test / crop_pct where k_test_image rounds: the same short side unless its fraction is at least one half."""
+    """TestDA.resize_ratio (K_test^image / K_test) from timm's ``crop_pct`` (K_test / K_test^image); both floor the
+    product (:func:`k_test_image`), so the short side is timm's."""
     if not 0 < crop_pct <= 1:
         raise UserError(f"crop_pct must be in (0, 1] (the centre crop's fraction of the resized short side), got {crop_pct}")
     return 1 / crop_pct

@@ -55,6 +55,9 @@ class TrainConfig:
     on_corrupt: str = "stop"  # a damaged record: stop naming it, or skip and count it (LoaderConfig.on_corrupt)
     tensorboard: bool = False  # also write each epoch's metrics as TensorBoard scalars under OUT/tensorboard
     resume_changed: bool = False  # resume although settings that change the result differ (both are recorded)
+    #: start from these weights (fine-tuning, transfer): a checkpoint of ours or pretrained.Pretrained weights of
+    #: ``arch``; the classifier is new where their classes differ; their mean, std and interpolation are kept
+    init: object = None
 
     def __post_init__(self):
         if self.resume_changed and not self.resume:
@@ -133,13 +136,22 @@ def _check_epoch(loader, cfg: TrainConfig, d: Dist) -> None:
                     f"(at most {per_rank * d.world_size})")
 
 
+def pixels(cfg: TrainConfig) -> dict:
+    """Mean, std and interpolation of every spec of the run: those of ``cfg.init``'s weights, else the defaults."""
+    if cfg.init is None:
+        return {}
+    return checkpoint.pixels_of(checkpoint.meta_of(checkpoint.load(cfg.init, log=lambda *_: None)).test_da)
+
+
 def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict, data: dict,
-             resumed_from: list = ()) -> checkpoint.CheckpointMeta:
+             resumed_from: list = (), pix: dict | None = None) -> checkpoint.CheckpointMeta:
     """What a checkpoint of this run says about itself: also its data set (``data.data_record``) and, where a
-    resume changed settings, the earlier ones (``resumed_from``)."""
+    resume changed settings, the earlier ones (``resumed_from``); ``pix``: :func:`pixels`."""
+    pix = pix or {}
     return checkpoint.CheckpointMeta(
         arch=cfg.arch, num_classes=len(classes), classes=tuple(classes), data=data, resumed_from=tuple(resumed_from),
-        k_train=cfg.k_train, k_test=cfg.k_train, train_da=make_spec(cfg.aug, cfg.k_train), test_da=TestDA(k_test=cfg.k_train),
+        k_train=cfg.k_train, k_test=cfg.k_train, train_da=make_spec(cfg.aug, cfg.k_train, **pix),
+        test_da=TestDA(k_test=cfg.k_train, **pix),
         recipe=cfg.recipe, epoch=epoch, results=results,
         revision=git_revision(), version=__version__)
 
@@ -159,7 +171,7 @@ def _train(cfg: TrainConfig, d: Dist, log) -> dict:
     run = _Run(cfg, d, log)
     results = {}
     try:
-        loaders = _loaders(cfg, d)
+        loaders = _loaders(cfg, d, run.pixels)
         _check_epoch(loaders["train"], cfg, d)
         for epoch in range(run.state["epoch"], cfg.recipe.epochs):
             done = run.epoch(loaders["train"], epoch)
@@ -177,18 +189,45 @@ def _train(cfg: TrainConfig, d: Dist, log) -> dict:
     return results
 
 
-def _loaders(cfg: TrainConfig, d: Dist) -> dict:
+def _loaders(cfg: TrainConfig, d: Dist, pix: dict) -> dict:
     from .loaders import LoaderConfig, make_loader
 
     backend = backend_for(cfg.backend, d.device, cfg.data)
     per_proc = cfg.recipe.batch_size // d.world_size
     common = LoaderConfig(batch_size=per_proc, device=str(d.device), rank=d.rank, world_size=d.world_size,
                           seed=cfg.seed, workers=cfg.workers, on_corrupt=cfg.on_corrupt)
-    loaders = {"train": make_loader(backend, make_spec(cfg.aug, cfg.k_train), cfg.data, "train",
+    loaders = {"train": make_loader(backend, make_spec(cfg.aug, cfg.k_train, **pix), cfg.data, "train",
                                     replace(common, repeats=cfg.recipe.repeats, training=True))}
     for res in dict.fromkeys((cfg.k_train, *cfg.eval_res)):
-        loaders[res] = make_loader(backend, TestDA(k_test=res), cfg.data, "val", replace(common, training=False))
+        loaders[res] = make_loader(backend, TestDA(k_test=res, **pix), cfg.data, "val", replace(common, training=False))
     return loaders
+
+
+def initialise(model: nn.Module, cfg: TrainConfig, log) -> None:
+    """Load ``cfg.init``'s weights into ``model``: all of them where the classes agree; else all but the classifier
+    (transfer learning: the new classifier keeps its random initialisation)."""
+    from .models import classifier
+
+    doc = checkpoint.load(cfg.init, log=log)
+    meta = checkpoint.meta_of(doc)
+    if meta.arch.removeprefix("timm/").split(".")[0] != cfg.arch.removeprefix("timm/").split(".")[0]:
+        raise UserError(f"--init {cfg.init} holds a {meta.arch}, but --arch is {cfg.arch}; pass --arch {meta.arch}")
+    head = {id(m): n for n, m in model.named_modules()}[id(classifier(model))]
+    weights = doc["model"]
+    if meta.num_classes != model_classes(model):
+        weights = {k: v for k, v in weights.items() if not k.startswith(head + ".")}
+        log(f"--init: {cfg.init}'s {meta.num_classes}-class classifier ({head}) replaced by a new one for the data's "
+            f"{model_classes(model)} classes; every other weight loaded")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not k.startswith(head + ".")]
+    if missing or unexpected:
+        raise UserError(f"--init {cfg.init} does not fit {cfg.arch}: {', '.join((missing + unexpected)[:3])}; check --arch")
+
+
+def model_classes(model: nn.Module) -> int:
+    from .models import classifier
+
+    return classifier(model).out_features
 
 
 def _tensorboard(logdir: Path):
@@ -208,7 +247,11 @@ class _Run:
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(seed_for(cfg.seed, 0, 0, Stream.INIT))  # the same initial weights on every rank
-        self.model = build_model(cfg.arch, num_classes).to(d.device, memory_format=torch.channels_last)
+        self.model = build_model(cfg.arch, num_classes)
+        self.pixels = pixels(cfg)
+        if cfg.init is not None and not cfg.resume:
+            initialise(self.model, cfg, log)
+        self.model = self.model.to(d.device, memory_format=torch.channels_last)
         r = cfg.recipe
         if d.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # one input shape all run long: let cuDNN time its kernels
@@ -305,7 +348,7 @@ class _Run:
         barrier(self.d)
 
     def metadata(self, epoch: int, results: dict) -> checkpoint.CheckpointMeta:
-        return metadata(self.cfg, self.classes, epoch, results, self.data, self.resumed_from)
+        return metadata(self.cfg, self.classes, epoch, results, self.data, self.resumed_from, self.pixels)
 
     def save(self, path: Path, epoch: int, results: dict) -> None:
         if self.d.main:

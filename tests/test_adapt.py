@@ -165,7 +165,7 @@ def test_fit_takes_one_shared_train_step_per_batch():
     tail, by_hand = torch.nn.Linear(6, 3), torch.nn.Linear(6, 3)
     by_hand.load_state_dict(tail.state_dict())
     cfg = AdaptConfig(checkpoint="unused.pt", batch_size=4, lr=0.5)
-    job = _Job(cfg, None, "", torch.device("cpu"), None, "torch")
+    job = _Job(cfg, None, "", None, torch.device("cpu"), None, "torch")
     batches = lambda epoch: (((x[s:s + 4],), y[s:s + 4]) for s in range(0, 16, 4))
     fit(tail, [tail], batches, 4, 2, job, lambda *_: None)
 

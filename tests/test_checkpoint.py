@@ -71,6 +71,14 @@ def commands(data, tmp_path, payload):
         "analyze activations": ["analyze", "activations", "--checkpoint", str(payload), "--out", str(tmp_path / "a"), *CPU],
         "train --resume": ["train", "--data", str(data), "--out", str(out), "--resume", "--arch", "fixres_cnn",
                            "--res", "32", "--epochs", "2", "--batch-size", "8", "--repeats", "1", *CPU],
+        # plain weights: --weights and train --init read them with weights_only=True too
+        "evaluate --weights": ["evaluate", "--weights", str(payload), "--arch", "resnet18", "--data", str(data),
+                               "--out", str(tmp_path / "e"), *CPU],
+        "adapt --weights": ["adapt", "--weights", str(payload), "--arch", "resnet18", "--data", str(data),
+                            "--test-res", "64", *CPU],
+        "export --weights": ["export", "--weights", str(payload), "--arch", "resnet18", str(tmp_path / "x")],
+        "train --init": ["train", "--data", str(data), "--out", str(tmp_path / "t2"), "--init", str(payload),
+                         "--arch", "fixres_cnn", "--res", "32", "--epochs", "1", "--batch-size", "8", *CPU],
     }
 
 

@@ -63,14 +63,20 @@ def test_each_jobs_option_defaults_to_its_config_fields_default():
     from fixres_fast.analysis.scale import ScaleConfig, parse_ratio
     from fixres_fast.convert import ConvertConfig
 
-    jobs = {("train",): (TrainConfig, Recipe), ("adapt",): (AdaptConfig,), ("evaluate",): (EvalConfig,),
-            ("profile",): (ProfileConfig,), ("demo",): (DemoConfig,), ("analyze", "activations"): (ActivationsConfig,),
+    from fixres_fast.export import ExportConfig
+    from fixres_fast.pretrained import Pretrained
+
+    # --weights, --arch and the model's preprocessing overrides fill a Pretrained (no default: the model's own config)
+    jobs = {("train",): (TrainConfig, Recipe), ("adapt",): (AdaptConfig, Pretrained), ("evaluate",): (EvalConfig, Pretrained),
+            ("export",): (ExportConfig, Pretrained, EvalConfig),
+            ("profile",): (ProfileConfig,), ("demo",): (DemoConfig,),
+            ("analyze", "activations"): (ActivationsConfig, Pretrained),
             ("analyze", "scale"): (ScaleConfig,), ("analyze", "roc"): (RocConfig,),
             **{("convert", layout): (ConvertConfig,) for layout in ("imagenet", "inat", "herbarium", "folder")}}
     #: analyze scale and roc pass only the options given (None: the config's default); the ratio is a fraction's text
     given_only = {("analyze", "scale"), ("analyze", "roc")}
     #: processes to launch; the folder the edge writes to; convert's --format (all: FORMATS), --verify (a second step)
-    no_field = {"gpus", "out", "fmt", "then_verify", "src"}
+    no_field = {"gpus", "out", "fmt", "then_verify", "src", "checkpoint"}  # arguments: convert SRC OUT, export CKPT OUT_DIR
     renamed = {"compile_": "compile"}
     checked = 0
     for path, configs in jobs.items():
@@ -83,9 +89,9 @@ def test_each_jobs_option_defaults_to_its_config_fields_default():
             if not isinstance(p, click.Option) or name not in fields:
                 assert p.name in no_field, f"{' '.join(path)} --{p.name} fills no config field"
                 continue
-            if p.required:
-                continue
             f = fields[name][1]
+            if p.required or f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                continue
             want = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             default = p.get_default(click.Context(cmd))  # a flag's False where click leaves it unset
             if (path in given_only or path[0] == "convert") and (default is None or p.multiple or p.nargs > 1):

@@ -40,11 +40,12 @@ FIELDS = ("checkpoint", "train_res", "adapted_at", "adaptation", "res", "n_image
 
 @dataclass(frozen=True)
 class ActivationsConfig:
-    checkpoints: tuple[str, ...]
+    checkpoints: tuple  # checkpoint paths, or pretrained.Pretrained weights
     k_test: tuple[int, ...] = RES_FIG3  # test resolutions K_test, pixels
     split: str = "val"
     limit: int = 5000  # images per checkpoint and K_test (the first of the split, in stored order)
     data: str | None = None  # a conversion's OUT folder; None: the one each checkpoint was trained or adapted on
+    classes_map: str | None = None  # a file mapping the records' classes onto the model's (data.read_classes_map)
     batch_size: int = 100
     backend: str = "auto"
     device: str = "auto"
@@ -97,9 +98,10 @@ def pooled_activations(cfg: ActivationsConfig, log=print) -> ActivationsResult:
     dtype, backend = amp_dtype(cfg.amp, device), cfg.backend  # resolved per data set, below
     loader_cfg = LoaderConfig(batch_size=cfg.batch_size, device=str(device), workers=cfg.workers, training=False,
                               on_corrupt=cfg.on_corrupt)
-    docs = [(path, checkpoint.load(path)) for path in cfg.checkpoints]  # every path checked before any work
+    docs = [(path, checkpoint.load(path, log=log)) for path in cfg.checkpoints]  # every path checked before any work
     metas = [checkpoint.meta_of(doc) for _, doc in docs]
-    datas = [checkpoint.data_for(meta, cfg.data, path) for (path, _), meta in zip(docs, metas)]  # and each data set
+    datas = [checkpoint.data_for(meta, cfg.data, path, cfg.classes_map)[0]  # and each data set
+             for (path, _), meta in zip(docs, metas)]
     rows, cdfs, skipped = [], [], []
     for (path, doc), meta, data in zip(docs, metas, datas):
         model = checkpoint.model_from_checkpoint(doc, device, path)
@@ -109,7 +111,7 @@ def pooled_activations(cfg: ActivationsConfig, log=print) -> ActivationsResult:
             except UserError as e:
                 reason = str(e)
                 skipped.append({"checkpoint": str(path), "res": k_test, "reason": reason})
-                log(f"warning: skipping K_test={k_test} for {Path(path).name}: {reason}")
+                log(f"warning: skipping K_test={k_test} for {Path(str(path)).name}: {reason}")
                 continue
             loader = make_loader(backend_for(backend, device, data), meta.test_spec(k_test), data, cfg.split, loader_cfg)
             with autocast(device.type, dtype):

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from ..errors import UserError
 from ..spec import TestDA, TrainDA
-from .common import LoaderConfig, indexed_device
+from .common import LoaderConfig, Relabelled, indexed_device
 from .sampler import RASampler
 from .source import RecordError, open_source
 
@@ -32,7 +32,7 @@ def make_loader(backend: str, spec, source, split: str = "train", config: Loader
 
     ``spec`` is a :class:`~fixres_fast.spec.TrainDA`, ``TestDA`` or ``TestDA2``; ``options`` are
     :class:`LoaderConfig` fields (batch_size, device, rank, world_size, repeats, epoch_fraction,
-    seed, workers, training, reduced_decode, on_corrupt) and override ``config``.
+    seed, workers, training, reduced_decode, on_corrupt, label_map) and override ``config``.
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -45,13 +45,10 @@ def make_loader(backend: str, spec, source, split: str = "train", config: Loader
     indexed_device(config.device)
     src = open_source(source, split)
     if backend == "dali":
-        from .dali import build_dali_loader
-
-        return build_dali_loader(spec, src, config)
-    if backend == "ffcv":
-        from .ffcv import build_ffcv_loader
-
-        return build_ffcv_loader(spec, src, config)
-    from .torch import build_torch_loader
-
-    return build_torch_loader(spec, src, config)
+        from .dali import build_dali_loader as build
+    elif backend == "ffcv":
+        from .ffcv import build_ffcv_loader as build
+    else:
+        from .torch import build_torch_loader as build
+    loader = build(spec, src, config)
+    return loader if config.label_map is None else Relabelled(loader, config.label_map)

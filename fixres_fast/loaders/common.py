@@ -43,6 +43,9 @@ class LoaderConfig:
     #: RecordError naming it; 'skip' leaves it out of its batch (the batch is one image shorter, never refilled, so
     #: no image is seen twice) and counts it (:attr:`BatchLoader.skipped`, and a warning line after each epoch).
     on_corrupt: str = "stop"
+    #: The model's output index for each of the records' labels (a --classes-map onto another label space, e.g. a
+    #: subset of ImageNet's 1000 classes); None: labels as stored.
+    label_map: tuple[int, ...] | None = None
 
     def is_training(self, spec) -> bool:
         return isinstance(spec, TrainDA) if self.training is None else self.training
@@ -130,6 +133,24 @@ class BatchLoader:
         """The current epoch's record indices, one array per batch."""
         idx, bs = self.epoch_indices(), self.config.batch_size
         return [idx[s:s + bs] for s in range(0, len(idx), bs)]
+
+
+class Relabelled:
+    """A loader whose labels go through ``config.label_map`` (on the batch's device); everything else is the
+    wrapped loader's."""
+
+    def __init__(self, loader, label_map: tuple[int, ...]):
+        self.loader, self.label_map = loader, torch.tensor(label_map, dtype=torch.int64, device=loader.device)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield images, self.label_map[labels]
 
 
 class DamagedRecords:
