@@ -542,12 +542,11 @@ def adapt(k_test, **opts):
 
 @main.command("export", context_settings={"show_default": True},
               short_help="Write a checkpoint as a timm / Hugging Face folder (model.safetensors + config.json).")
-@click.argument("checkpoint", metavar="CKPT", required=False, type=click.Path(dir_okay=False))
-@click.argument("out", metavar="OUT_DIR", type=click.Path(file_okay=False))
+@click.argument("paths", metavar="[CKPT] OUT_DIR", nargs=-1, type=click.Path())
 @model_options
 @click.option("--overwrite", is_flag=True, help="Replace an earlier export in OUT_DIR.")
 @user_errors
-def export_cmd(checkpoint, out, overwrite, **opts):
+def export_cmd(paths, overwrite, **opts):
     """Write CKPT's model (an adapted one: at its K_test) to OUT_DIR in a form other tools load.
 
     timm models: model.safetensors and config.json in timm's Hugging Face layout, whose pretrained_cfg gives K_test
@@ -559,7 +558,10 @@ def export_cmd(checkpoint, out, overwrite, **opts):
     from .export import ExportConfig, export
 
     opts.pop("classes_map")
-    sources = model_sources([checkpoint] if checkpoint else [], opts)
+    if len(paths) not in (1, 2):
+        raise click.UsageError("expected CKPT OUT_DIR, or --weights FILE --arch NAME OUT_DIR")
+    *checkpoint, out = paths
+    sources = model_sources(checkpoint, opts)
     if len(sources) != 1:
         raise UserError("export takes one model: CKPT, or --weights FILE --arch NAME")
     export(ExportConfig(checkpoint=sources[0], out=out, overwrite=overwrite), log=click.echo)

@@ -76,7 +76,7 @@ def test_each_jobs_option_defaults_to_its_config_fields_default():
     #: analyze scale and roc pass only the options given (None: the config's default); the ratio is a fraction's text
     given_only = {("analyze", "scale"), ("analyze", "roc")}
     #: processes to launch; the folder the edge writes to; convert's --format (all: FORMATS), --verify (a second step)
-    no_field = {"gpus", "out", "fmt", "then_verify", "src", "checkpoint"}  # arguments: convert SRC OUT, export CKPT OUT_DIR
+    no_field = {"gpus", "out", "fmt", "then_verify", "src", "paths"}  # arguments: convert SRC OUT, export [CKPT] OUT_DIR
     renamed = {"compile_": "compile"}
     checked = 0
     for path, configs in jobs.items():
