@@ -136,3 +136,16 @@ def test_gpu_path_bicubic_is_pils(photos, mode, res):
             resized = pil_resize(im, (window.resized_w, window.resized_h), "bicubic")
             ref = resized[window.top:window.top + res, window.left:window.left + res]
         assert np.abs(got[b] - ref).max() <= 1, (mode, res, b)
+
+
+def test_every_backend_knows_every_interpolation():
+    """spec.INTERPOLATIONS is the one list: the ffcv kernels' filters, their reduced-decode blur taps, DALI's filters
+    and PIL's (the torch backend) cover it."""
+    from fixres_fast.loaders import dali, dct
+    from fixres_fast.loaders.torch import IDCT_BLUR, pil_filter
+
+    for table in (kernels.FILTERS, dct.IDCT_BLUR_TAPS, dali.INTERP, IDCT_BLUR):
+        assert sorted(table) == sorted(INTERPOLATIONS)
+    assert sorted(kernels.FILTERS.values()) == list(range(len(INTERPOLATIONS)))  # kernels._IDCT_BLUR's indices
+    for name in INTERPOLATIONS:
+        assert pil_filter(make_spec("test", 32, interpolation=name)).name == name.upper()

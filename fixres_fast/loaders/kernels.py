@@ -9,10 +9,11 @@ separable pass per axis. It resizes a region of
 the source into an output window, so both of the spec's orders are exact: train DA's
 crop-then-resize (region = the RoC, window offset 0) and test DA's resize-then-crop (region =
 the whole image, window offset = the crop's place in the resized image). PIL's filter weights,
-in float32 without rounding between the passes: within 1 grey level of PIL (bicubic: on all but a few
-pixels, where PIL clips its first pass's overshoot), and fast because
+in float32 without rounding between the passes: within 1 grey level of PIL, and fast because
 both passes run over contiguous rows (the vertical pass writes its result transposed, so the
-horizontal pass is a vertical one too), which numba turns into SIMD loops.
+horizontal pass is a vertical one too), which numba turns into SIMD loops. The cubic overshoots,
+and PIL clips its first pass (the horizontal one) to 0..255: bicubic runs in that order
+(:func:`_horizontal_first`).
 
 :func:`trailing_keys` gives each sample of a batch its random key, so that the decoder's draws
 follow the loader's seed whatever thread decodes it (see :func:`keyed_order`).
@@ -35,7 +36,7 @@ from . import _jpeg
 #: compiled decoder captures its filter as a plain value.
 BILINEAR, BICUBIC = 0, 1
 FILTERS = {"bilinear": BILINEAR, "bicubic": BICUBIC}
-_IDCT_BLUR = (IDCT_BLUR_TAPS["bilinear"], IDCT_BLUR_TAPS["bicubic"])  # indexed by filter
+_IDCT_BLUR = tuple(IDCT_BLUR_TAPS[name] for name in sorted(FILTERS, key=FILTERS.get))  # indexed by filter
 
 
 @njit(cache=True, inline="always")
