@@ -9,11 +9,12 @@ import torch
 from scipy import stats
 
 from fixres_fast.errors import UserError
-from fixres_fast.loaders import BACKENDS, RecordError, dct, make_loader
+from fixres_fast.loaders import BACKENDS, RecordError, dct, installed, make_loader
 from fixres_fast import geometry
 from fixres_fast.spec import ASPECT_RANGE, IMAGENET_MEAN, IMAGENET_STD, make_spec
 
 from . import imagesets
+from .conftest import each, needs
 from .test_geometry import torchvision_law
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
@@ -47,7 +48,7 @@ def train_crops(ramp_records):
     """Per backend: the crops of 12 RA epochs of train DA (no jitter) over the ramp images, measured."""
     spec = make_spec("train", K, jitter=0.0)
     crops = {}
-    for backend in BACKENDS:
+    for backend in filter(installed, BACKENDS):
         loader = make_loader(backend, spec, ramp_records, "train", batch_size=64, repeats=REPEATS,
                              epoch_fraction=24.0, workers=2, seed=5)
         batches = []
@@ -58,7 +59,7 @@ def train_crops(ramp_records):
     return crops
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 @pytest.mark.parametrize("shape", range(len(imagesets.RAMP_SHAPES)))
 def test_roc_law_is_torchvisions(train_crops, backend, shape):
     got = train_crops[backend][0]
@@ -77,7 +78,7 @@ def test_roc_law_is_torchvisions(train_crops, backend, shape):
     assert 0.4 < got[:, 5].mean() < 0.6  # horizontal flip with p = 1/2
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_repeated_augmentation_gives_distinct_copies(train_crops, backend):
     got, loader = train_crops[backend]
     epoch = got[: len(loader) * loader.config.batch_size].reshape(-1, REPEATS, got.shape[1])  # world 1: copies adjacent
@@ -92,7 +93,7 @@ def test_batches(imagenet_records):
     """Per backend: test DA at 224 over the converted photos (val, then train), exact epochs, full decodes;
     'torch' is the reference. 'torch_reduced' and 'ffcv_reduced': the default reduced-size DCT decoding."""
     out = {}
-    for backend in BACKENDS + ("torch_reduced", "ffcv_reduced"):
+    for backend in [b for b in BACKENDS + ("torch_reduced", "ffcv_reduced") if installed(b.split("_")[0])]:
         got = {}
         for split in ("val", "train"):
             options = dict(reduced_decode=backend.endswith("_reduced"))
@@ -105,7 +106,7 @@ def test_batches(imagenet_records):
     return out
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_batch_contract(test_batches, imagenet_records, backend):
     for split in ("val", "train"):
         images, labels = test_batches[backend][split]
@@ -133,7 +134,7 @@ def test_cpu_normalisation_is_torchs_arithmetic():
         assert labels.dtype == torch.int64 and labels.tolist() == list(range(5))
 
 
-@pytest.mark.parametrize("backend,mean_tol,max_tol", [("dali", 0.5, 1.01), ("ffcv", 0.5, 1.01)])
+@pytest.mark.parametrize("backend,mean_tol,max_tol", [pytest.param(b, 0.5, 1.01, marks=needs(b)) for b in ("dali", "ffcv")])
 def test_test_da_agrees_with_torchvision(test_batches, backend, mean_tol, max_tol):
     # DALI and the ffcv backend (kernels.decode_region) decode with libjpeg's accurate IDCT, as PIL does
     for split in ("val", "train"):
@@ -141,7 +142,7 @@ def test_test_da_agrees_with_torchvision(test_batches, backend, mean_tol, max_to
         assert float(diff.mean()) < mean_tol and float(diff.max()) < max_tol, f"{backend} {split}"
 
 
-@pytest.mark.parametrize("backend", ["torch", "ffcv"])
+@pytest.mark.parametrize("backend", each(("torch", "ffcv")))
 def test_reduced_decode_batches_agree_with_full_decode(test_batches, backend):
     # the photos are stored at 512 px: test DA at 224 decodes them at 1/2 size, where the IDCT does the whole
     # downscale (the reference's blur is stood in for by dct.IDCT_BLUR_TAPS)
@@ -152,6 +153,7 @@ def test_reduced_decode_batches_agree_with_full_decode(test_batches, backend):
         assert float(diff.mean()) < 1.5 and float(diff.flatten().quantile(0.99)) < 12, split
 
 
+@needs("ffcv")
 def test_ffcv_reduced_decode_keeps_the_draws(imagenet_records):
     """Train DA at 96 on 512-px photos: most boxes decode at 1/2 or 1/4. The draws are keyed by position, so
     with and without reduced decoding the boxes, flips and jitter are the same and only the decode differs."""
@@ -361,7 +363,7 @@ def test_ffcv_colour_jitter_kernel_is_torchvisions(photos):
         assert np.array_equal(got, np.asarray(im)), j
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_augmentations_follow_the_seed(ramp_records, backend):
     """The same seed gives the same batches (order, boxes, flips, jitter), another seed others."""
     def first_batch(seed, epoch=0, workers=2):
@@ -376,7 +378,7 @@ def test_augmentations_follow_the_seed(ramp_records, backend):
         assert torch.equal(a, first_batch(3, workers=1)) and not torch.equal(a, first_batch(3, epoch=1))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_a_dropped_loader_is_freed_at_once(imagenet_records, backend):
     """No reference cycle: `del loader` frees it (DALI's pipeline, FFCV's buffers, torch's workers) without the
     cyclic collector, which could otherwise run in a DataLoader worker forked later (DALI's pipeline aborts there)."""
@@ -408,6 +410,7 @@ def raw_records(tmp_path_factory, photos):
     return root / "out"
 
 
+@needs("ffcv", "dali")
 def test_raw_records_give_the_same_batches_from_ffcv_and_torch(raw_records):
     """A --write-mode raw .beton: the torch backend reads its pixels too, and agrees with FFCV to 1 grey level."""
     spec = make_spec("test", 96)
@@ -430,7 +433,7 @@ def test_reduction_rule():
         assert s == 8 or not (w / (2 * s) >= k and h / (2 * s) >= k)  # the largest such scale
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_da2_shift_stays_in_range(ramp_records, backend):
     spec = make_spec("test2", 64, jitter=0.0)
     loader = make_loader(backend, spec, ramp_records, "train", batch_size=64, repeats=8, epoch_fraction=32.0,
@@ -448,7 +451,7 @@ def test_da2_shift_stays_in_range(ramp_records, backend):
     assert 0.3 < got[:, 5].mean() < 0.7
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_shards_are_disjoint_and_cover(imagenet_records, backend):
     labels = [make_loader(backend, make_spec("test", 32), imagenet_records["out"], "train", batch_size=4,
                           world_size=2, rank=r, workers=1) for r in range(2)]
@@ -475,7 +478,7 @@ def damaged_records(imagenet_records, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_corrupt_record_is_named(damaged_records, backend):
     loader = make_loader(backend, make_spec("test", 64), damaged_records, "val", batch_size=2, workers=1)
     with pytest.raises(RecordError, match=r"record 2 of split 'val'.*ILSVRC2012_val_00000003\.JPEG"):
@@ -484,7 +487,7 @@ def test_corrupt_record_is_named(damaged_records, backend):
 
 # torch first: a DataLoader worker forked after DALI's file reader has run in this process can deadlock on a
 # lock one of DALI's threads held (DALI asks for no fork after it starts); one backend per process is safe
-@pytest.mark.parametrize("backend", ["torch", "dali"])
+@pytest.mark.parametrize("backend", each(("torch", "dali")))
 def test_missing_file_in_a_folder_is_named(imagenet_records, tmp_path, backend):
     src = tmp_path / "tree"
     imagesets.imagenet_tree(src, bad=False)
@@ -512,7 +515,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 @cuda
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_gpu_batches_match_cpu(test_batches, imagenet_records, backend):
     loader = make_loader(backend, make_spec("test", 224), imagenet_records["out"], "val", batch_size=8, device="cuda")
     images, labels = [torch.cat(t) for t in zip(*loader)]
