@@ -54,15 +54,32 @@ def test_a_test_that_needs_ffcv_skips_without_it_and_fails_in_ci():
     assert failed.returncode == 1 and "needs FFCV, not installed, and FIXRES_REQUIRE_BACKENDS=1" in failed.stdout, failed.stdout
 
 
-@pytest.mark.parametrize("module,line", [
-    ("ffcv", "Error: verify (it re-reads each .beton through FFCV's Loader) needs FFCV, which is not installed: pip "
-             "install 'fixres-fast[ffcv]' (see README), or skip verifying (the loaders still check each record's CRC-32 "
-             "as they read it)"),
-    ("nvidia.dali", "Error: verify (it re-reads RecordIO shards through DALI) needs DALI, which is not installed: pip "
-                    "install 'fixres-fast[dali]' (see README), or skip verifying (the loaders still check each record's "
-                    "CRC-32 as they read it)")])
-def test_verify_without_its_reader_is_one_line(imagenet_records, module, line):
-    res = without((module,), CLI, "convert", "verify", str(imagenet_records["out"]), "--workers", "1")
+@pytest.fixture(scope="module")
+def one_format(tmp_path_factory, photos):
+    """4 photos converted twice: a .beton alone (verify reads it with FFCV) and RecordIO alone (with DALI)."""
+    import shutil
+
+    from fixres_fast.convert import ConvertConfig, convert
+
+    root = tmp_path_factory.mktemp("one-format")
+    for j, p in enumerate(photos[:4]):
+        (root / "src" / f"c{j % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, root / "src" / f"c{j % 2}")
+    for fmt in ("beton", "recordio"):
+        convert(ConvertConfig(layout="folder", src=str(root / "src"), out=str(root / fmt), formats=(fmt,), workers=1),
+                log=lambda *_: None)
+    return root
+
+
+@pytest.mark.parametrize("fmt,module,line", [
+    ("beton", "ffcv", "Error: verify (it re-reads each .beton through FFCV's Loader) needs FFCV, which is not installed: "
+                      "pip install 'fixres-fast[ffcv]' (see README), or skip verifying (the loaders still check each "
+                      "record's CRC-32 as they read it)"),
+    ("recordio", "nvidia.dali", "Error: verify (it re-reads RecordIO shards through DALI) needs DALI, which is not "
+                                "installed: pip install 'fixres-fast[dali]' (see README), or skip verifying (the loaders "
+                                "still check each record's CRC-32 as they read it)")])
+def test_verify_without_its_reader_is_one_line(one_format, fmt, module, line):
+    res = without((module,), CLI, "convert", "verify", str(one_format / fmt), "--workers", "1")
     assert res.returncode == 1 and res.stderr.strip().splitlines() == [line], res.stderr
 
 
