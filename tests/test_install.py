@@ -25,7 +25,9 @@ def train_args(data, out, backend):
             "--repeats", "1", "--device", "cpu", "--workers", "1", "--backend", backend, "--out", str(out)]
 
 
-@pytest.mark.parametrize("backend,module,lib", [("ffcv", "ffcv", "FFCV"), ("dali", "nvidia.dali", "DALI")])
+# "nvidia": no nvidia package at all, as beside a CPU-only torch (find_spec("nvidia.dali") must not raise then)
+@pytest.mark.parametrize("backend,module,lib", [("ffcv", "ffcv", "FFCV"), ("dali", "nvidia.dali", "DALI"),
+                                                ("dali", "nvidia", "DALI")])
 def test_naming_a_backend_that_is_not_installed_is_one_line(imagenet_records, tmp_path, backend, module, lib):
     res = without((module,), CLI, *train_args(imagenet_records["out"], tmp_path / "run", backend))
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr

@@ -32,7 +32,12 @@ __all__ = ["BACKENDS", "LoaderConfig", "RASampler", "RecordError", "installed", 
 
 def installed(backend: str) -> bool:
     """Whether ``backend``'s library is installed (looked up, not imported); torch's always is."""
-    return backend not in OPTIONAL or importlib.util.find_spec(OPTIONAL[backend][0]) is not None
+    if backend not in OPTIONAL:
+        return True
+    try:
+        return importlib.util.find_spec(OPTIONAL[backend][0]) is not None
+    except ModuleNotFoundError:  # nor is its parent package (nvidia), as beside a CPU-only torch
+        return False
 
 
 def require(backend: str, what: str = "", instead: str = "use --backend torch") -> None:
