@@ -133,6 +133,26 @@ def test_cpu_normalisation_is_torchs_arithmetic():
         assert labels.dtype == torch.int64 and labels.tolist() == list(range(5))
 
 
+def test_cpu_batches_reuse_only_memory_no_batch_holds():
+    """to_batch on the CPU writes into memory of an earlier batch only once no tensor of it is left (batches the
+    caller keeps, or views of them, keep their pixels), and does reuse the memory of dropped batches."""
+    from fixres_fast.loaders.common import _free_buffer, to_batch
+
+    gen, cpu = torch.Generator().manual_seed(0), torch.device("cpu")
+    kept = []
+    for b in range(8):
+        images, _ = to_batch(torch.randint(0, 256, (4, 6, 5, 3), dtype=torch.uint8, generator=gen), np.arange(4), cpu)
+        if b % 3 == 0:
+            kept.append((images[:, :, 1:], images[:, :, 1:].clone()))  # a view keeps the batch's memory too
+        del images
+    assert all(torch.equal(view, copy) for view, copy in kept)
+    first = _free_buffer((2, 7, 3))
+    assert _free_buffer((2, 7, 3)) is not first  # first is in use
+    address = first.ctypes.data
+    del first
+    assert _free_buffer((2, 7, 3)).ctypes.data == address  # dropped: its memory is used again
+
+
 @pytest.mark.parametrize("backend,mean_tol,max_tol", [("dali", 0.5, 1.01), ("ffcv", 0.5, 1.01)])
 def test_test_da_agrees_with_torchvision(test_batches, backend, mean_tol, max_tol):
     # DALI and the ffcv backend (kernels.decode_region) decode with libjpeg's accurate IDCT, as PIL does
