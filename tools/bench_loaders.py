@@ -280,7 +280,7 @@ def main(argv=None):
     p.add_argument("--jitter", type=float, default=0.0,
                    help="colour jitter of train DA and test DA2 (default 0: the stock peers have none)")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=2, help="timed epochs per cell (best is kept)")
+    p.add_argument("--epochs", type=int, default=5, help="timed epochs per cell (best is kept)")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
@@ -288,19 +288,19 @@ def main(argv=None):
     peers = peers_for(out, a.split, [n for n in a.peers.split(",") if n])
     print(f"records: {out}, split {a.split} ({len(open_source(out, a.split))} records); batch {a.batch}, "
           f"{a.workers} workers, best of {a.epochs} epochs")
-    ref = decode_only(out, a.split, a.workers)
-    if open_source(out, a.split).raw:
-        print(f"records hold raw pixels: no decode; read-only reference (PIL image of each record, "
-              f"{a.workers} processes): {ref:.0f} img/s")
-    else:
-        print(f"decode-only reference (PIL/libjpeg-turbo, full decode, {a.workers} processes): {ref:.0f} img/s")
-        floor = decode_only(out, a.split, a.workers, scale=8)
-        print(f"decode floor (the same at 1/8 size, libjpeg's smallest DCT scaling): {floor:.0f} img/s "
+    raw = open_source(out, a.split).raw
+    if not raw:
+        ref, floor = decode_only(out, a.split, a.workers), decode_only(out, a.split, a.workers, scale=8)
+        print(f"decode floor (PIL at 1/8 size, libjpeg's smallest DCT scaling): {floor:.0f} img/s "
               f"({floor / ref:.2f} x the full decode)")
+    what = "read-only (records hold raw pixels: a PIL image of each)" if raw else "decode-only (PIL, full decode)"
+    print(f"reference: {what}, {a.workers} processes, measured again in each cell, just before its loaders")
     names = [f"x {n}" for n in peers] + ["x decode-only"]
     print(f"{'mode':<6}{'res':>5} {'backend':<12}{'img/s':>8}" + "".join(f"{n:>{len(n) + 2}}" for n in names))
     for mode, res in parse_cells(a.cells):
         spec = make_spec(mode, res, **({"jitter": a.jitter} if mode in ("train", "test2") else {}))
+        ref = decode_only(out, a.split, a.workers)
+        print(f"{mode:<6}{res:>5} {'reference':<12}{ref:>8.0f}", flush=True)
         measured = {}
         for name in peers:
             loader = PEERS[name](spec, out, a.split, a.batch, a.workers)
