@@ -457,6 +457,20 @@ def test_a_dropped_loader_is_freed_at_once(imagenet_records, backend):
         gc.enable()
 
 
+def test_ffcv_epoch_after_an_abandoned_one_keeps_its_pixels(imagenet_records):
+    """An epoch left after its first batch, then a whole one: the same batches as a loader that never broke off
+    (the decoder's per-thread workspace is used by one epoch at a time)."""
+    def epoch(loader):
+        return torch.cat([x for x, _ in loader])
+
+    options = dict(batch_size=2, workers=1)
+    ref = epoch(make_loader("ffcv", make_spec("test", 64), imagenet_records["out"], "train", **options))
+    loader = make_loader("ffcv", make_spec("test", 64), imagenet_records["out"], "train", **options)
+    for _ in range(3):
+        next(iter(loader))
+        assert torch.equal(epoch(loader), ref)
+
+
 @pytest.fixture(scope="module")
 def raw_records(tmp_path_factory, photos):
     """8 photos in a .beton of raw pixels (max side 256), with no RecordIO beside it."""

@@ -222,16 +222,28 @@ class FFCVLoader(BatchLoader):
             raise UserError(f"{source.beton} holds {self.loader.reader.num_samples} records but "
                             f"{source.split}.index.tsv lists {len(source)}: the conversion is incomplete; re-run it")
         self._sentinel = torch.from_numpy(SENTINEL).to(self.device)
+        self._running = None  # FFCV's thread decoding the current epoch
 
     def __iter__(self):
+        self._stop_epoch()
         batches = self.batches()
-        for b, (pixels, labels) in enumerate(self.loader):
+        self._running = iter(self.loader)
+        for b, (pixels, labels) in enumerate(self._running):
             bad = (pixels[:, 0, :8] == self._sentinel).flatten(1).all(1)
             if bool(bad.any()):  # libjpeg failed or warned of corrupt data in the rows this sample decoded
                 self.damaged.found(batches[b][bad.cpu().numpy()], len(bad))
                 pixels, labels = pixels[~bad], labels[~bad]
             yield to_batch(pixels, labels, self.device)
+        self._running = None
         self.damaged.end_epoch(self.epoch)
+
+    def _stop_epoch(self) -> None:
+        """Stop the thread of an epoch left unfinished (a loop that broke early) and wait for it, so that one epoch at
+        a time decodes: the decoder's workspace rows are per numba thread, and such a thread decodes on its own."""
+        if self._running is not None:
+            self._running.close()
+            self._running.join()
+            self._running = None
 
 
 def build_ffcv_loader(spec, source, config: LoaderConfig) -> FFCVLoader:
