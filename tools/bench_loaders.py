@@ -240,12 +240,21 @@ def peers_for(out, split, names):
 
     from fixres_fast.records import MANIFEST, Manifest
 
+    import importlib.util
+
     split_ = Manifest.read(Path(out)).splits[split] if (Path(out) / MANIFEST).is_file() else None
     usable = []
     for name in names:
         if name not in PEERS:
             raise SystemExit(f"unknown peer {name!r}; choose among {', '.join(PEERS)}")
-        if name == "stock-ffcv" and open_source(out, split).beton is None:
+        package = {"stock-ffcv": "ffcv", "stock-dali": "nvidia.dali"}.get(name)
+        try:
+            missing = package is not None and importlib.util.find_spec(package) is None
+        except ModuleNotFoundError:  # nvidia.dali's parent is missing too
+            missing = True
+        if missing:
+            print(f"{name}: {package} is not installed; column left out")
+        elif name == "stock-ffcv" and open_source(out, split).beton is None:
             print(f"stock-ffcv: {out} has no {split}.beton; column left out")
         elif name == "stock-dali" and (split_ is None or split_.recordio is None):
             print(f"stock-dali: {out} has no RecordIO shards for {split}; column left out")
@@ -277,6 +286,8 @@ def main(argv=None):
     p.add_argument("--backends", default="dali,ffcv,torch")
     p.add_argument("--peers", default=",".join(PEERS), help="the peer columns, among " + ", ".join(PEERS))
     p.add_argument("--cells", default="train:160,test:224", help="MODE:RES pairs (modes: train, test, test2)")
+    p.add_argument("--modes", help="with --res, instead of --cells: every mode at every resolution (e.g. train,test)")
+    p.add_argument("--res", help="resolutions for --modes (e.g. 128,160,224,288)")
     p.add_argument("--jitter", type=float, default=0.0,
                    help="colour jitter of train DA and test DA2 (default 0: the stock peers have none)")
     p.add_argument("--batch", type=int, default=64)
@@ -297,7 +308,10 @@ def main(argv=None):
     print(f"reference: {what}, {a.workers} processes, measured again in each cell, just before its loaders")
     names = [f"x {n}" for n in peers] + ["x decode-only"]
     print(f"{'mode':<6}{'res':>5} {'backend':<12}{'img/s':>8}" + "".join(f"{n:>{len(n) + 2}}" for n in names))
-    for mode, res in parse_cells(a.cells):
+    cells = parse_cells(a.cells)
+    if a.modes or a.res:
+        cells = [(m, int(r)) for m in (a.modes or "train,test").split(",") for r in (a.res or "160,224").split(",")]
+    for mode, res in cells:
         spec = make_spec(mode, res, **({"jitter": a.jitter} if mode in ("train", "test2") else {}))
         ref = decode_only(out, a.split, a.workers)
         print(f"{mode:<6}{res:>5} {'reference':<12}{ref:>8.0f}", flush=True)
