@@ -177,6 +177,27 @@ def test_cpu_normalisation_is_torchs_arithmetic(mean, std):
         assert labels.dtype == torch.int64 and labels.tolist() == list(range(5))
 
 
+def test_cpu_batches_reuse_only_memory_no_batch_holds():
+    """to_batch on the CPU writes into memory of an earlier batch only once no tensor of it is left (batches the
+    caller keeps, or views of them, keep their pixels), and does reuse the memory of dropped batches."""
+    from fixres_fast.loaders.common import _free_buffer, to_batch
+
+    gen, cpu = torch.Generator().manual_seed(0), torch.device("cpu")
+    kept = []
+    for b in range(8):
+        images, _ = to_batch(torch.randint(0, 256, (4, 6, 5, 3), dtype=torch.uint8, generator=gen), np.arange(4), cpu,
+                             make_spec("test", 6))
+        if b % 3 == 0:
+            kept.append((images[:, :, 1:], images[:, :, 1:].clone()))  # a view keeps the batch's memory too
+        del images
+    assert all(torch.equal(view, copy) for view, copy in kept)
+    first = _free_buffer((2, 7, 3))
+    assert _free_buffer((2, 7, 3)) is not first  # first is in use
+    address = first.ctypes.data
+    del first
+    assert _free_buffer((2, 7, 3)).ctypes.data == address  # dropped: its memory is used again
+
+
 #: Test DA at 224 against torchvision's resize + centre crop on PIL images, per (backend, interpolation): bounds on
 #: the mean and the largest difference (grey levels) and on the share of pixels more than 1 grey level off.
 #: DALI and the ffcv backend (kernels.decode_region) decode with libjpeg's accurate IDCT, as PIL does. Measured
@@ -430,6 +451,49 @@ def test_region_decode_reports_bad_input(photos):
     assert decode_region(data, 1, 0, 0, 512, 512, dst[:1000], held) == -3
 
 
+def test_jpeg_size_is_pils_header_size(photos, tmp_path):
+    """The frame-header parser the dali feed sizes its boxes with gives PIL's (height, width) for real JPEGs,
+    baseline and progressive, as bytes or as a record's uint8 array; an EXIF-rotated one gives its stored size,
+    as PIL's Image.open does (the loaders' boxes are drawn on the stored pixels)."""
+    from PIL import Image
+
+    from fixres_fast.convert import transcode
+    from fixres_fast.loaders.source import image_size, jpeg_size
+
+    files = list(photos)
+    for n, photo in enumerate(photos[:3]):
+        Image.open(photo).save(tmp_path / f"progressive{n}.jpg", "JPEG", quality=90, progressive=True)
+        files.append(tmp_path / f"progressive{n}.jpg")
+    imagesets.write_exif_rotated(photos[3], tmp_path / "rotated.jpg")
+    files.append(tmp_path / "rotated.jpg")
+    for f in files:
+        data = f.read_bytes()
+        want = Image.open(f).size[::-1]
+        assert jpeg_size(data) == want and jpeg_size(np.frombuffer(data, np.uint8)) == want, f
+        assert jpeg_size(transcode.to_sequential(data)) == want and image_size(data) == want, f
+    assert Image.open(tmp_path / "rotated.jpg").getexif().get(0x0112) == 6
+
+
+def test_jpeg_size_refuses_what_has_no_frame_header(photos, tmp_path):
+    """Truncated before or inside the frame header, garbage, empty, not a JPEG: None, never a size read from
+    other bytes; image_size falls back to PIL's header for other formats (a PNG), and is None where PIL fails."""
+    from PIL import Image
+
+    from fixres_fast.loaders.source import image_size, jpeg_size
+
+    data = photos[0].read_bytes()
+    sof = min(data.find(bytes([0xFF, m])) for m in (0xC0, 0xC1, 0xC2) if data.find(bytes([0xFF, m])) > 0)
+    for cut in (0, 1, 2, 3, 10, sof, sof + 4, sof + 8):
+        assert jpeg_size(data[:cut]) is None, cut
+    assert jpeg_size(data[:sof + 9]) == Image.open(photos[0]).size[::-1]
+    garbage = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    for bad in (b"", garbage, b"\xff\xd8" + garbage, b"\xff\xd8\xff\xda\x00\x04" + garbage):
+        assert jpeg_size(bad) is None and image_size(bad) is None
+    Image.open(photos[0]).save(tmp_path / "photo.png")
+    png = (tmp_path / "photo.png").read_bytes()
+    assert jpeg_size(png) is None and image_size(png) == Image.open(photos[0]).size[::-1]
+
+
 def test_ffcv_colour_jitter_kernel_is_torchvisions(photos):
     """FFCV's compiled jitter = torchvision's ColorJitter on PIL images, given the same order and factors."""
     from numba import njit
@@ -489,6 +553,20 @@ def test_a_dropped_loader_is_freed_at_once(imagenet_records, backend):
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_ffcv_epoch_after_an_abandoned_one_keeps_its_pixels(imagenet_records):
+    """An epoch left after its first batch, then a whole one: the same batches as a loader that never broke off
+    (the decoder's per-thread workspace is used by one epoch at a time)."""
+    def epoch(loader):
+        return torch.cat([x for x, _ in loader])
+
+    options = dict(batch_size=2, workers=1)
+    ref = epoch(make_loader("ffcv", make_spec("test", 64), imagenet_records["out"], "train", **options))
+    loader = make_loader("ffcv", make_spec("test", 64), imagenet_records["out"], "train", **options)
+    for _ in range(3):
+        next(iter(loader))
+        assert torch.equal(epoch(loader), ref)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,9 @@ libjpeg skips the rows above, stops below and crops the columns), at the smalles
 keeps the box at least K x K pixels (``reduced_decode``; :func:`~fixres_fast.loaders.dct.dct_reduction`),
 resamples the box with PIL's antialiased filter of the spec's interpolation (bilinear or bicubic, the
 reference's), then flips and jitters
-in place (:mod:`.kernels`). FFCV's own decoders ignore libjpeg's return code and would hand
+in place (:mod:`.kernels`). Each thread decodes and resamples in its own workspace, allocated once and reused
+for every sample (:meth:`FixResDecoder._workspace`), not in FFCV's per-sample temp buffers, which FFCV allocates
+anew each epoch. FFCV's own decoders ignore libjpeg's return code and would hand
 over a stale buffer for a damaged record; this one writes :data:`SENTINEL` instead where libjpeg fails or
 warns of corrupt data in what it decodes, or where the record is damaged (once per record: its bytes' CRC-32
 against the conversion's ``NAME.crc32``, :func:`.kernels.record_crc32`; a conversion without CRCs, libjpeg over
@@ -24,11 +26,13 @@ from __future__ import annotations
 
 import weakref
 
+import numba
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
 from ffcv.loader import Loader
+from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import ToDevice, ToTensor
 from ffcv.traversal_order.base import TraversalOrder
@@ -96,6 +100,26 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
         super().__init__((spec.size, spec.size))
         self.spec, self.epoch_length, self.reduced_decode = spec, epoch_length, reduced_decode
         self.verdicts, self.crcs = verdicts, crcs
+        self.workspace = None  # per thread: the decoded region, then resample's scratch (see generate_code)
+
+    def declare_state_and_memory(self, previous_state):
+        """FFCV's state and output buffers, but a token temp buffer: the decoder decodes into :attr:`workspace`.
+
+        FFCV allocates its buffers anew each epoch, batch slots x batch size of them: a temp buffer of the largest
+        image per sample is ~200 MB at batch 64 of 500 x 375 records, fresh pages that each epoch's first samples
+        fault in and the kernel zeroes (~50 us an image on 640-record epochs)."""
+        state, (output, _) = super().declare_state_and_memory(previous_state)
+        return state, (output, AllocationQuery((1,), np.dtype("<u1")))
+
+    def _workspace(self, k: int):
+        """One row per thread of numba's pool (``numba.get_thread_id``), allocated once and reused for every sample
+        that thread decodes (FFCV calls generate_code more than once: each compiled decoder gets the same rows):
+        the region decode_region writes (the largest image's bytes at most) and resample's scratch after it."""
+        decoded = -(-int(self.max_height) * int(self.max_width) * 3 // 64) * 64
+        scratch = int(kernels.scratch_size(k, k, int(self.max_width)))
+        if self.workspace is None:
+            self.workspace = np.zeros((numba.config.NUMBA_NUM_THREADS, decoded + 4 * scratch), np.uint8)
+        return decoded, scratch
 
     def generate_code(self):
         mem_read, my_range = self.memory_read, Compiler.get_iterator()
@@ -109,9 +133,13 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
         box = box_function(self.spec)
         k, reduce, filt = self.spec.size, self.reduced_decode, kernels.FILTERS[self.spec.interpolation]
         flip, jitter, sentinel = bool(getattr(self.spec, "flip", False)), float(getattr(self.spec, "jitter", 0.0)), SENTINEL
+        decoded_bytes, scratch_floats = self._workspace(k)
+        workspace_address, threads, row_bytes = self.workspace.ctypes.data, *self.workspace.shape
+        thread_id = numba.get_thread_id
 
         def decode(batch_indices, my_storage, metadata, storage_state):
-            destination, temp_storage = my_storage
+            destination = my_storage[0]
+            workspace = int8_array_at(workspace_address, threads * row_bytes).view(np.uint8)
             keys = trailing_keys(batch_indices, epoch_length)
             verdicts, crcs = int8_array_at(verdict_address, records), uint32_array_at(crc_address, crc_count)
             regions = np.zeros((len(batch_indices), 4), np.int32)  # what decode_region decoded, per sample
@@ -130,8 +158,9 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
                         verdicts[i] = 1 if record_crc32(image_data) == crcs[i] else 2
                     elif jpeg:  # none recorded: libjpeg over all of it, to its end marker (damage may show only there)
                         verdicts[i] = 1 if check_jpeg(image_data) == 0 else 2
+                row = workspace[thread_id() * row_bytes:(thread_id() + 1) * row_bytes]
                 if jpeg:
-                    temp_buffer, held = temp_storage[dst_ix].reshape(-1), regions[dst_ix]
+                    temp_buffer, held = row[:decoded_bytes], regions[dst_ix]
                     status = decode_region(image_data, s, region[0], region[1], region[2], region[3], temp_buffer, held)
                     pixels = temp_buffer[:3 * held[2] * held[3]].reshape(held[2], held[3], 3)
                     src_top, src_left = at_s.top - held[0], at_s.left - held[1]  # the box's corner in what was decoded
@@ -146,7 +175,7 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
                     out[0, :8] = sentinel
                 else:
                     resample(pixels, src_top, src_left, at_s.height, at_s.width, at_s.scale_y, at_s.scale_x, at_s.off_y,
-                             at_s.off_x, out, blur, filt)
+                             at_s.off_x, out, blur, filt, row[decoded_bytes:decoded_bytes + 4 * scratch_floats].view(np.float32))
                     if flip and np.random.random() < 0.5:
                         flip_in_place(out)
                     if jitter > 0:
@@ -194,16 +223,28 @@ class FFCVLoader(BatchLoader):
             raise UserError(f"{source.beton} holds {self.loader.reader.num_samples} records but "
                             f"{source.split}.index.tsv lists {len(source)}: the conversion is incomplete; re-run it")
         self._sentinel = torch.from_numpy(SENTINEL).to(self.device)
+        self._running = None  # FFCV's thread decoding the current epoch
 
     def __iter__(self):
+        self._stop_epoch()
         batches = self.batches()
-        for b, (pixels, labels) in enumerate(self.loader):
+        self._running = iter(self.loader)
+        for b, (pixels, labels) in enumerate(self._running):
             bad = (pixels[:, 0, :8] == self._sentinel).flatten(1).all(1)
             if bool(bad.any()):  # libjpeg failed or warned of corrupt data in the rows this sample decoded
                 self.damaged.found(batches[b][bad.cpu().numpy()], len(bad))
                 pixels, labels = pixels[~bad], labels[~bad]
             yield to_batch(pixels, labels, self.device, self.spec)
+        self._running = None
         self.damaged.end_epoch(self.epoch)
+
+    def _stop_epoch(self) -> None:
+        """Stop the thread of an epoch left unfinished (a loop that broke early) and wait for it, so that one epoch at
+        a time decodes: the decoder's workspace rows are per numba thread, and such a thread decodes on its own."""
+        if self._running is not None:
+            self._running.close()
+            self._running.join()
+            self._running = None
 
 
 def build_ffcv_loader(spec, source, config: LoaderConfig) -> FFCVLoader:

@@ -156,13 +156,25 @@ def reduced_box(height, width, k, reduce, box, filt=BILINEAR):
                       Region(r_top + y_lo, r_left + x_lo, y_hi - y_lo, x_hi - x_lo))
 
 
+@njit(cache=True)
+def scratch_size(out_h, out_w, region_width):
+    """Float32 elements of the ``scratch`` :func:`resample` needs for an ``out_h`` x ``out_w`` output from a
+    region at most ``region_width`` px wide (the taps never leave the region): the vertical pass's floats and the
+    output's bytes, each transposed."""
+    return region_width * out_h * 3 + (out_w * out_h * 3 + 3) // 4
+
+
 @njit(cache=True, fastmath=True)
-def resample(src, top, left, height, width, scale_y, scale_x, off_y, off_x, dst, idct_blur=False, filt=BILINEAR):
+def resample(src, top, left, height, width, scale_y, scale_x, off_y, off_x, dst, idct_blur=False, filt=BILINEAR,
+             scratch=None):
     """Resize src[top:top+height, left:left+width] by 1/scale and write the window starting at (off_y, off_x) to dst.
 
     ``src``: C-contiguous HWC uint8; ``dst``: (out_h, out_w, 3) uint8. Offsets are in output pixels and may
     be fractional. ``idct_blur``: the scale is 1 (a copy) because a reduced decode did the downscale; blur
-    with :func:`blur_taps` instead. ``filt``: the filter (:data:`FILTERS`)."""
+    with :func:`blur_taps` instead. ``filt``: the filter (:data:`FILTERS`). ``scratch``: float32, at least
+    :func:`scratch_size` elements, for the intermediate passes of the bilinear path (a caller that resamples many
+    images reuses one, and the memory stays in cache; without it they are allocated per call, which costs more than
+    a pass where they are fresh pages); bicubic's passes (:func:`_horizontal_first`) allocate their own."""
     out_h, out_w = dst.shape[0], dst.shape[1]
     if idct_blur:
         fy, ny, wy = blur_taps(out_h, height, off_y, filt)
@@ -175,11 +187,16 @@ def resample(src, top, left, height, width, scale_y, scale_x, off_y, off_x, dst,
             return
     col_lo = fx[0]
     ncol = fx[out_w - 1] + nx[out_w - 1] - col_lo  # the source columns any output pixel reads
-    n = ncol * 3
+    n, m = ncol * 3, out_h * 3
+    if scratch is None:
+        buffer = np.empty(scratch_size(out_h, out_w, ncol), np.float32)
+    else:
+        buffer = scratch
+    tmp_t = buffer[:ncol * m].reshape(ncol, m)  # vertical pass result, transposed: [column, row * 3 + c]
+    out_t = buffer[ncol * m:ncol * m + (out_w * m + 3) // 4].view(np.uint8)[:out_w * m].reshape(out_w, m)  # likewise
     rows = src.reshape(src.shape[0], src.shape[1] * 3)
     base = (left + col_lo) * 3
     acc = np.empty(n, np.float32)
-    tmp_t = np.empty((ncol, out_h * 3), np.float32)  # vertical pass result, transposed: [column, row * 3 + c]
     for i in range(out_h):
         acc[:] = 0.0
         for t in range(ny[i]):
@@ -190,7 +207,6 @@ def resample(src, top, left, height, width, scale_y, scale_x, off_y, off_x, dst,
         for col in range(ncol):
             for c in range(3):
                 tmp_t[col, i * 3 + c] = acc[col * 3 + c]
-    m = out_h * 3
     col_out = np.empty(m, np.float32)
     for j in range(out_w):
         col_out[:] = 0.0
@@ -199,9 +215,13 @@ def resample(src, top, left, height, width, scale_y, scale_x, off_y, off_x, dst,
             column = tmp_t[fx[j] - col_lo + t]
             for q in range(m):
                 col_out[q] += w * column[q]
-        for i in range(out_h):
+        column_u8 = out_t[j]  # rounded and clipped over contiguous memory (SIMD), transposed back below
+        for q in range(m):
+            column_u8[q] = np.uint8(min(255.0, max(0.0, col_out[q] + 0.5)))
+    for i in range(out_h):
+        for j in range(out_w):
             for c in range(3):
-                dst[i, j, c] = np.uint8(min(255.0, max(0.0, col_out[i * 3 + c] + 0.5)))
+                dst[i, j, c] = out_t[j, i * 3 + c]
 
 
 @njit(cache=True, fastmath=True)
