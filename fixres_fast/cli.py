@@ -191,9 +191,8 @@ def _triple(text: str | None, option: str):
     return values
 
 
-def model_options(fn):
-    """--weights FILE --arch NAME (plain pretrained weights) with the overrides of the model's own preprocessing,
-    and --classes-map, as evaluate, adapt and analyze activations take them."""
+def weights_options(fn):
+    """--weights FILE --arch NAME (plain pretrained weights) with the overrides of the model's own preprocessing."""
     options = [
         click.option("--weights", type=click.Path(dir_okay=False), default=None,
                      help="Plain pretrained weights instead of a checkpoint: a state_dict (.pth/.pt, read with "
@@ -211,13 +210,18 @@ def model_options(fn):
                      help="With --weights: resizing filter [default: the model's own]."),
         click.option("--crop-pct", type=float, default=None,
                      help="With --weights: K_test / K_test^image, timm's crop_pct [default: the model's own]."),
-        click.option("--classes-map", type=click.Path(dir_okay=False), default=None,
-                     help="Map the records' classes onto the model's, e.g. a subset of ImageNet's 1000: a JSON object "
-                          "or lines 'RECORD_CLASS MODEL_CLASS' (a model class name or output index)."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def model_options(fn):
+    """:func:`weights_options` and --classes-map, as evaluate, adapt and analyze activations take them."""
+    fn = click.option("--classes-map", type=click.Path(dir_okay=False), default=None,
+                      help="Map the records' classes onto the model's, e.g. a subset of ImageNet's 1000: a JSON object "
+                           "or lines 'RECORD_CLASS MODEL_CLASS' (a model class name or output index).")(fn)
+    return weights_options(fn)
 
 
 def model_sources(checkpoints, opts: dict) -> tuple:
@@ -573,7 +577,7 @@ def adapt(k_test, **opts):
 @main.command("export", context_settings={"show_default": True},
               short_help="Write a checkpoint as a timm / Hugging Face folder (model.safetensors + config.json).")
 @click.argument("paths", metavar="[CKPT] OUT_DIR", nargs=-1, type=click.Path())
-@model_options
+@weights_options
 @click.option("--overwrite", is_flag=True, help="Replace an earlier export in OUT_DIR.")
 @user_errors
 def export_cmd(paths, overwrite, **opts):
@@ -587,7 +591,6 @@ def export_cmd(paths, overwrite, **opts):
     mean / std, the adaptation). Instead of CKPT, --weights FILE --arch NAME exports plain weights."""
     from .export import ExportConfig, export
 
-    opts.pop("classes_map")
     if len(paths) not in (1, 2):
         raise click.UsageError("expected CKPT OUT_DIR, or --weights FILE --arch NAME OUT_DIR")
     *checkpoint, out = paths

@@ -6,8 +6,9 @@
 ...     loader.set_epoch(epoch)
 ...     for images, labels in loader: ...
 
-``images``: float32 (N, 3, K, K), ``torch.channels_last`` memory, normalised with ImageNet's mean
-and std, on ``device``; ``labels``: int64 (N,). ``len(loader)`` is the number of batches per epoch.
+``images``: float32 (N, 3, K, K), ``torch.channels_last`` memory, resampled with the spec's interpolation
+(bilinear or bicubic, antialiased as PIL does) and normalised with its mean and std (ImageNet's by default), on
+``device``; ``labels``: int64 (N,). ``len(loader)`` is the number of batches per epoch.
 Training epochs (train DA by default; ``training=True`` for fine-tuning with test DA or test DA2)
 shuffle, repeat (RA) and drop the last partial batch; evaluation epochs read every image of this
 rank's shard exactly once, in order. DALI and FFCV are imported only when asked for.

@@ -1,9 +1,10 @@
 """What every backend shares: the loader options, the batch contract and the epoch bookkeeping.
 
 The batch contract: ``(images, labels)`` with ``images`` float32 of shape (N, 3, K, K) in
-``torch.channels_last`` memory, normalised with ImageNet's mean and std, on the loader's device,
-and ``labels`` int64 of shape (N,) on the same device. Backends hand over uint8 NHWC pixels;
-:func:`to_batch` views them as NCHW channels_last (no copy) and normalises on the device.
+``torch.channels_last`` memory, normalised with the spec's mean and std (:class:`~fixres_fast.spec.Pixels`: the
+model's own; ImageNet's by default), on the loader's device, and ``labels`` int64 of shape (N,) on the same device.
+Backends hand over uint8 NHWC pixels; :func:`to_batch` views them as NCHW channels_last (no copy) and normalises
+on the device: the one place where any backend normalises.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 
 from .. import runtime
 from ..errors import UserError
-from ..spec import EPOCH_FRACTION, IMAGENET_MEAN, IMAGENET_STD, TrainDA
+from ..spec import EPOCH_FRACTION, TrainDA
 from . import kernels
 from .sampler import RASampler
 from .source import REPAIR, RecordError
@@ -65,21 +66,22 @@ def workers(config: LoaderConfig) -> int:
     return config.workers or len(os.sched_getaffinity(0))
 
 
-_NORM: dict = {}
+_NORM: dict = {}  # (device type, index, mean, std) -> (mean, 1 / std) in grey levels, on that device
 
 
-def to_batch(nhwc: torch.Tensor, labels, device: torch.device):
-    """uint8 (N, K, K, 3) pixels -> the batch contract (float NCHW channels_last, normalised; int64 labels).
+def to_batch(nhwc: torch.Tensor, labels, device: torch.device, spec):
+    """uint8 (N, K, K, 3) pixels -> the batch contract (float NCHW channels_last, normalised with ``spec.mean`` and
+    ``spec.std``, fractions of 255; int64 labels).
 
     On the CPU one compiled pass (:func:`.kernels.normalise`) writes the floats into a numpy array, which
     numpy backs with transparent huge pages where the kernel offers them (64 x 3 x 224 x 224 float32 is
     38.5 MB; in 4 KiB pages its first write cost ~0.5 ms per image here, more than the normalisation).
     Elsewhere torch normalises on the device."""
     labels = torch.as_tensor(labels).reshape(-1).to(device=device, dtype=torch.int64, non_blocking=True)
-    key = (device.type, device.index)
+    key = (device.type, device.index, spec.mean, spec.std)
     if key not in _NORM:
-        mean = torch.tensor(IMAGENET_MEAN, device=device) * 255
-        _NORM[key] = (mean, 1 / (torch.tensor(IMAGENET_STD, device=device) * 255))
+        mean = torch.tensor(spec.mean, device=device) * 255
+        _NORM[key] = (mean, 1 / (torch.tensor(spec.std, device=device) * 255))
     mean, inv_std = _NORM[key]
     if device.type == "cpu":
         src = nhwc.cpu().contiguous().numpy()

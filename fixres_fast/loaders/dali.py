@@ -11,6 +11,9 @@ follow the same law as the other backends and evaluation epochs end exactly, the
 * test DA / test DA2: the window drawn by :func:`fixres_fast.geometry.drawn_test_window` in the feed (see
   :func:`test_windows`; centred, or at ``U(da2_position_range(shift))`` for test DA2); full decode, resize
   the short side to K_test^image, crop the window, mirror, twist.
+
+Every resize is antialiased, with the spec's interpolation (:data:`INTERP`). ``crop_mirror_normalize`` only crops
+and mirrors here (uint8 out): :func:`.common.to_batch` normalises, with the spec's mean and std, as for every backend.
 """
 from __future__ import annotations
 
@@ -115,17 +118,23 @@ def _crop_pos(offset: int, slack: int) -> float:
     return min((offset + 0.25) / max(slack, 1), 1.0)
 
 
+#: DALI's antialiased filter for each of :data:`fixres_fast.spec.INTERPOLATIONS`.
+INTERP = {"bilinear": types.INTERP_LINEAR, "bicubic": types.INTERP_CUBIC}
+
+
 def decode_and_crop(jpegs, placement, spec, decoder: str):
     """The mode's decode + geometry: HWC uint8 images, not yet mirrored or jittered. ``placement``: what the feed
-    drew per image (:func:`_batch`): the RoC's (anchor, shape), or the test window."""
+    drew per image (:func:`_batch`): the RoC's (anchor, shape), or the test window. The resize is antialiased,
+    with the spec's interpolation."""
+    interp = INTERP[spec.interpolation]
     if isinstance(spec, TrainDA):
         anchor, shape = placement
         images = fn.decoders.image_slice(jpegs, anchor, shape, device=decoder, output_type=types.RGB, axis_names="WH",
                                          normalized_anchor=False, normalized_shape=False)
-        return fn.resize(images, size=[spec.k_train, spec.k_train], antialias=True, interp_type=types.INTERP_LINEAR), {}
+        return fn.resize(images, size=[spec.k_train, spec.k_train], antialias=True, interp_type=interp), {}
     window, = placement
     images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
-    images = fn.resize(images, resize_x=window[1], resize_y=window[0], antialias=True, interp_type=types.INTERP_LINEAR)
+    images = fn.resize(images, resize_x=window[1], resize_y=window[0], antialias=True, interp_type=interp)
     k = spec.k_test
     return images, {"crop": (k, k), "crop_pos_x": window[3], "crop_pos_y": window[2]}
 
@@ -182,7 +191,7 @@ class DALILoader(BatchLoader):
                 raise
             self._dropped(yielded)
             yielded += 1
-            yield to_batch(out["image"], out["label"], self.device)
+            yield to_batch(out["image"], out["label"], self.device, self.spec)
 
     def _dropped(self, b: int) -> None:
         """The policy for the damaged records left out of batch ``b`` (the feed runs ahead, so it has that batch)."""

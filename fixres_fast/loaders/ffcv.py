@@ -5,7 +5,8 @@ RoC law; test DA's and test DA2's resize-then-crop window of the resized image),
 rows and columns of the record that the box's resampling reads (:func:`.kernels.decode_region`:
 libjpeg skips the rows above, stops below and crops the columns), at the smallest DCT scale that
 keeps the box at least K x K pixels (``reduced_decode``; :func:`~fixres_fast.loaders.dct.dct_reduction`),
-resamples the box with PIL's antialiased bilinear filter (the reference's), then flips and jitters
+resamples the box with PIL's antialiased filter of the spec's interpolation (bilinear or bicubic, the
+reference's), then flips and jitters
 in place (:mod:`.kernels`). FFCV's own decoders ignore libjpeg's return code and would hand
 over a stale buffer for a damaged record; this one writes :data:`SENTINEL` instead where libjpeg fails or
 warns of corrupt data in what it decodes, or where the record is damaged (once per record: its bytes' CRC-32
@@ -106,7 +107,7 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
         resample, flip_in_place, colour_jitter = kernels.resample, kernels.flip_in_place, kernels.colour_jitter
         trailing_keys, seed, epoch_length = kernels.trailing_keys, seed_draws, self.epoch_length
         box = box_function(self.spec)
-        k, reduce = self.spec.size, self.reduced_decode
+        k, reduce, filt = self.spec.size, self.reduced_decode, kernels.FILTERS[self.spec.interpolation]
         flip, jitter, sentinel = bool(getattr(self.spec, "flip", False)), float(getattr(self.spec, "jitter", 0.0)), SENTINEL
 
         def decode(batch_indices, my_storage, metadata, storage_state):
@@ -122,7 +123,7 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
                 jpeg = field['mode'] == 0
                 # a JPEG decodes at 1/s where the K x K output still needs no upsampling, and only the region
                 # of it that the resampling reads
-                s, at_s, blur, region = reduced_box(height, width, k, reduce and jpeg, box(height, width))
+                s, at_s, blur, region = reduced_box(height, width, k, reduce and jpeg, box(height, width), filt)
                 status, i = 0, batch_indices[dst_ix]
                 if verdicts[i] == 0:  # once per record
                     if has_crc:  # the CRC-32 the conversion recorded: tens of microseconds
@@ -145,7 +146,7 @@ class FixResDecoder(ResizedCropRGBImageDecoder):
                     out[0, :8] = sentinel
                 else:
                     resample(pixels, src_top, src_left, at_s.height, at_s.width, at_s.scale_y, at_s.scale_x, at_s.off_y,
-                             at_s.off_x, out, blur)
+                             at_s.off_x, out, blur, filt)
                     if flip and np.random.random() < 0.5:
                         flip_in_place(out)
                     if jitter > 0:
@@ -201,7 +202,7 @@ class FFCVLoader(BatchLoader):
             if bool(bad.any()):  # libjpeg failed or warned of corrupt data in the rows this sample decoded
                 self.damaged.found(batches[b][bad.cpu().numpy()], len(bad))
                 pixels, labels = pixels[~bad], labels[~bad]
-            yield to_batch(pixels, labels, self.device)
+            yield to_batch(pixels, labels, self.device, self.spec)
         self.damaged.end_epoch(self.epoch)
 
 

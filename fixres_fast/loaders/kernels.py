@@ -2,15 +2,18 @@
 libjpeg through the ``_jpeg`` extension), resampling, flip and colour jitter, and :func:`normalise`, which
 turns every CPU backend's uint8 batch into the batch contract's floats.
 
-:func:`resample` is PIL's antialiased bilinear resize (``Image.resize(..., BILINEAR)``, the
-filter torchvision uses on PIL images): a triangle filter widened by the downscale factor,
-taps clipped to the region being resized, one separable pass per axis. It resizes a region of
+:func:`resample` is PIL's antialiased resize (``Image.resize(..., BILINEAR)`` or ``BICUBIC``, the
+filters torchvision uses on PIL images; :data:`FILTERS`): a triangle (support 1) or Keys' cubic with
+a = -0.5 (support 2), widened by the downscale factor, taps clipped to the region being resized, one
+separable pass per axis. It resizes a region of
 the source into an output window, so both of the spec's orders are exact: train DA's
 crop-then-resize (region = the RoC, window offset 0) and test DA's resize-then-crop (region =
 the whole image, window offset = the crop's place in the resized image). PIL's filter weights,
 in float32 without rounding between the passes: within 1 grey level of PIL, and fast because
 both passes run over contiguous rows (the vertical pass writes its result transposed, so the
-horizontal pass is a vertical one too), which numba turns into SIMD loops.
+horizontal pass is a vertical one too), which numba turns into SIMD loops. The cubic overshoots,
+and PIL clips its first pass (the horizontal one) to 0..255: bicubic runs in that order
+(:func:`_horizontal_first`).
 
 :func:`trailing_keys` gives each sample of a batch its random key, so that the decoder's draws
 follow the loader's seed whatever thread decodes it (see :func:`keyed_order`).
@@ -29,11 +32,30 @@ from .dct import IDCT_BLUR_TAPS, dct_reduction
 from . import _jpeg
 
 
+#: The filters of :func:`filter_taps`, by :data:`fixres_fast.spec.INTERPOLATIONS` name: small integers, so that a
+#: compiled decoder captures its filter as a plain value.
+BILINEAR, BICUBIC = 0, 1
+FILTERS = {"bilinear": BILINEAR, "bicubic": BICUBIC}
+_IDCT_BLUR = tuple(IDCT_BLUR_TAPS[name] for name in sorted(FILTERS, key=FILTERS.get))  # indexed by filter
+
+
+@njit(cache=True, inline="always")
+def _bicubic(x):
+    """PIL's bicubic filter: Keys' cubic convolution with a = -0.5, support 2."""
+    x = abs(x)
+    if x < 1.0:
+        return (1.5 * x - 2.5) * x * x + 1.0
+    if x < 2.0:
+        return (((x - 5.0) * x + 8.0) * x - 4.0) * -0.5
+    return 0.0
+
+
 @njit(cache=True)
-def filter_taps(n_out, region_size, scale, offset):
-    """Per output pixel: first source tap (region-relative), tap count and weights (PIL's precompute_coeffs)."""
+def filter_taps(n_out, region_size, scale, offset, filt=BILINEAR):
+    """Per output pixel: first source tap (region-relative), tap count and weights (PIL's precompute_coeffs),
+    of filter ``filt`` (:data:`FILTERS`)."""
     filterscale = max(scale, 1.0)
-    support = filterscale  # the bilinear filter's support is 1
+    support = filterscale * (2.0 if filt == BICUBIC else 1.0)  # the bilinear filter's support is 1, bicubic's 2
     ksize = int(math.ceil(support)) * 2 + 1
     first = np.zeros(n_out, np.int64)
     count = np.zeros(n_out, np.int64)
@@ -45,7 +67,8 @@ def filter_taps(n_out, region_size, scale, offset):
         hi = min(int(center + support + 0.5), region_size)
         total = 0.0
         for x in range(lo, hi):
-            taps[x - lo] = max(0.0, 1.0 - abs((x - center + 0.5) / filterscale))
+            u = (x - center + 0.5) / filterscale
+            taps[x - lo] = _bicubic(u) if filt == BICUBIC else max(0.0, 1.0 - abs(u))
             total += taps[x - lo]
         n = max(hi - lo, 0)
         weights[i, :n] = taps[:n] / total if total != 0.0 else taps[:n]
@@ -54,9 +77,9 @@ def filter_taps(n_out, region_size, scale, offset):
 
 
 @njit(cache=True)
-def blur_taps(n_out, region_size, offset):
-    """:func:`filter_taps` for a copy (scale 1, whole-pixel ``offset``) blurred by ``dct.IDCT_BLUR_TAPS``;
-    a pixel at the region's edge is copied, as PIL's 3 x 3 filters leave the border."""
+def blur_taps(n_out, region_size, offset, filt=BILINEAR):
+    """:func:`filter_taps` for a copy (scale 1, whole-pixel ``offset``) blurred by ``dct.IDCT_BLUR_TAPS`` of filter
+    ``filt``; a pixel at the region's edge is copied, as PIL's 3 x 3 filters leave the border."""
     first = np.zeros(n_out, np.int64)
     count = np.zeros(n_out, np.int64)
     weights = np.zeros((n_out, 3), np.float32)
@@ -65,16 +88,18 @@ def blur_taps(n_out, region_size, offset):
         if 0 < c < region_size - 1:
             first[i], count[i] = c - 1, 3
             for t in range(3):
-                weights[i, t] = IDCT_BLUR_TAPS[t]
+                weights[i, t] = _IDCT_BLUR[filt][t]
         else:
             first[i], count[i], weights[i, 0] = c, 1, 1.0
     return first, count, weights
 
 
 @njit(cache=True)
-def tap_span(n_out, region_size, scale, offset, idct_blur):
-    """The region's pixels ``[lo, hi)`` on one axis that :func:`resample` reads for ``n_out`` outputs."""
-    first, count, _ = blur_taps(n_out, region_size, offset) if idct_blur else filter_taps(n_out, region_size, scale, offset)
+def tap_span(n_out, region_size, scale, offset, idct_blur, filt=BILINEAR):
+    """The region's pixels ``[lo, hi)`` on one axis that :func:`resample` reads for ``n_out`` outputs (with filter
+    ``filt``: bicubic's support is twice bilinear's)."""
+    first, count, _ = (blur_taps(n_out, region_size, offset, filt) if idct_blur
+                       else filter_taps(n_out, region_size, scale, offset, filt))
     return first[0], first[n_out - 1] + count[n_out - 1]
 
 
@@ -113,37 +138,41 @@ class ReducedBox(NamedTuple):
 
 
 @njit(cache=True)
-def reduced_box(height, width, k, reduce, box):
+def reduced_box(height, width, k, reduce, box, filt=BILINEAR):
     """Where to decode ``box`` (a :class:`Resampling` for a K x K output, drawn on the full-size ``height`` x
     ``width`` image), as a :class:`ReducedBox`: the DCT scale 1/s (with ``reduce``, the smallest that needs no
     upsampling, :func:`~fixres_fast.loaders.dct.dct_reduction`; else 1); the resampling in the image at 1/s (the
-    box's whole-pixel hull, its fractional start as an output offset); the pixels it reads, the region to decode."""
+    box's whole-pixel hull, its fractional start as an output offset); the pixels it reads with filter ``filt``,
+    the region to decode."""
     s = dct_reduction(box.scale_x * k, box.scale_y * k, k, k) if reduce else 1
     sy, sx, y0, x0 = box.scale_y / s, box.scale_x / s, box.top / s, box.left / s
     r_top, r_left = int(math.floor(y0)), int(math.floor(x0))
     r_h = min(int(math.ceil((box.top + box.height) / s)), (height + s - 1) // s) - r_top
     r_w = min(int(math.ceil((box.left + box.width) / s)), (width + s - 1) // s) - r_left
     o_y, o_x, blur = box.off_y + (y0 - r_top) / sy, box.off_x + (x0 - r_left) / sx, s > 1 and sy == 1.0 and sx == 1.0
-    y_lo, y_hi = tap_span(k, r_h, sy, o_y, blur)
-    x_lo, x_hi = tap_span(k, r_w, sx, o_x, blur)
+    y_lo, y_hi = tap_span(k, r_h, sy, o_y, blur, filt)
+    x_lo, x_hi = tap_span(k, r_w, sx, o_x, blur, filt)
     return ReducedBox(s, Resampling(r_top, r_left, r_h, r_w, sy, sx, o_y, o_x), blur,
                       Region(r_top + y_lo, r_left + x_lo, y_hi - y_lo, x_hi - x_lo))
 
 
 @njit(cache=True, fastmath=True)
-def resample(src, top, left, height, width, scale_y, scale_x, off_y, off_x, dst, idct_blur=False):
+def resample(src, top, left, height, width, scale_y, scale_x, off_y, off_x, dst, idct_blur=False, filt=BILINEAR):
     """Resize src[top:top+height, left:left+width] by 1/scale and write the window starting at (off_y, off_x) to dst.
 
     ``src``: C-contiguous HWC uint8; ``dst``: (out_h, out_w, 3) uint8. Offsets are in output pixels and may
     be fractional. ``idct_blur``: the scale is 1 (a copy) because a reduced decode did the downscale; blur
-    with :func:`blur_taps` instead."""
+    with :func:`blur_taps` instead. ``filt``: the filter (:data:`FILTERS`)."""
     out_h, out_w = dst.shape[0], dst.shape[1]
     if idct_blur:
-        fy, ny, wy = blur_taps(out_h, height, off_y)
-        fx, nx, wx = blur_taps(out_w, width, off_x)
+        fy, ny, wy = blur_taps(out_h, height, off_y, filt)
+        fx, nx, wx = blur_taps(out_w, width, off_x, filt)
     else:
-        fy, ny, wy = filter_taps(out_h, height, scale_y, off_y)
-        fx, nx, wx = filter_taps(out_w, width, scale_x, off_x)
+        fy, ny, wy = filter_taps(out_h, height, scale_y, off_y, filt)
+        fx, nx, wx = filter_taps(out_w, width, scale_x, off_x, filt)
+        if filt == BICUBIC:
+            _horizontal_first(src, top, left, fy, ny, wy, fx, nx, wx, dst)
+            return
     col_lo = fx[0]
     ncol = fx[out_w - 1] + nx[out_w - 1] - col_lo  # the source columns any output pixel reads
     n = ncol * 3
@@ -173,6 +202,44 @@ def resample(src, top, left, height, width, scale_y, scale_x, off_y, off_x, dst,
         for i in range(out_h):
             for c in range(3):
                 dst[i, j, c] = np.uint8(min(255.0, max(0.0, col_out[i * 3 + c] + 0.5)))
+
+
+@njit(cache=True, fastmath=True)
+def _horizontal_first(src, top, left, fy, ny, wy, fx, nx, wx, dst):
+    """:func:`resample`'s two passes in PIL's order, for a filter that overshoots (bicubic): the horizontal pass
+    first, clipped to 0..255 as PIL stores it in uint8, then the vertical pass. Both run over contiguous rows, as
+    :func:`resample`'s do: the first over the region's columns (copied transposed), written back transposed."""
+    out_h, out_w = dst.shape[0], dst.shape[1]
+    row_lo, col_lo = fy[0], fx[0]
+    nrow, ncol = fy[out_h - 1] + ny[out_h - 1] - row_lo, fx[out_w - 1] + nx[out_w - 1] - col_lo
+    m, n = nrow * 3, out_w * 3
+    columns = np.empty((ncol, m), np.float32)  # the rows and columns any output pixel reads: [column, row * 3 + c]
+    for r in range(nrow):
+        for col in range(ncol):
+            for c in range(3):
+                columns[col, r * 3 + c] = src[top + row_lo + r, left + col_lo + col, c]
+    acc = np.empty(m, np.float32)
+    tmp = np.empty((nrow, n), np.float32)  # horizontal pass result, clipped: [row, column * 3 + c]
+    for j in range(out_w):
+        acc[:] = 0.0
+        for t in range(nx[j]):
+            w = wx[j, t]
+            column = columns[fx[j] - col_lo + t]
+            for q in range(m):
+                acc[q] += w * column[q]
+        for r in range(nrow):
+            for c in range(3):
+                tmp[r, j * 3 + c] = min(np.float32(255.0), max(np.float32(0.0), acc[r * 3 + c]))
+    row_out = np.empty(n, np.float32)
+    for i in range(out_h):
+        row_out[:] = 0.0
+        for t in range(ny[i]):
+            w = wy[i, t]
+            row = tmp[fy[i] - row_lo + t]
+            for q in range(n):
+                row_out[q] += w * row[q]
+        for q in range(n):
+            dst[i, q // 3, q % 3] = np.uint8(min(255.0, max(0.0, row_out[q] + 0.5)))
 
 
 @njit(cache=True)

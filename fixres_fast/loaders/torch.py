@@ -41,16 +41,24 @@ class DA2Crop(torch.nn.Module):
         return img.crop((left, top, left + self.k_test, top + self.k_test))
 
 
-def pil_transform(spec):
-    """The spec as a torchvision v2 pipeline on PIL images (the reference for every backend)."""
-    from torchvision.transforms import v2
+def pil_filter(spec) -> Image.Resampling:
+    """PIL's filter for the spec's interpolation ('bilinear' or 'bicubic'): what torchvision uses on PIL images."""
+    return Image.Resampling[spec.interpolation.upper()]
 
+
+def pil_transform(spec):
+    """The spec as a torchvision v2 pipeline on PIL images (the reference for every backend); the resize is PIL's,
+    antialiased, with the spec's interpolation."""
+    from torchvision.transforms import InterpolationMode, v2
+
+    mode = InterpolationMode(spec.interpolation)
     if isinstance(spec, TrainDA):
-        steps = [v2.RandomResizedCrop(spec.k_train, scale=spec.area_range, ratio=spec.aspect_range, antialias=True)]
+        steps = [v2.RandomResizedCrop(spec.k_train, scale=spec.area_range, ratio=spec.aspect_range,
+                                      interpolation=mode, antialias=True)]
     elif isinstance(spec, TestDA2):
-        steps = [v2.Resize(spec.resize_short, antialias=True), DA2Crop(spec.k_test, spec.shift)]
+        steps = [v2.Resize(spec.resize_short, mode, antialias=True), DA2Crop(spec.k_test, spec.shift)]
     else:
-        steps = [v2.Resize(spec.resize_short, antialias=True), v2.CenterCrop(spec.k_test)]
+        steps = [v2.Resize(spec.resize_short, mode, antialias=True), v2.CenterCrop(spec.k_test)]
     if getattr(spec, "flip", False):
         steps.append(v2.RandomHorizontalFlip())
     if getattr(spec, "jitter", 0):
@@ -58,8 +66,9 @@ def pil_transform(spec):
     return v2.Compose(steps)
 
 
-#: the 3 x 3 kernel of :data:`~.dct.IDCT_BLUR_TAPS`, for PIL
-IDCT_BLUR = ImageFilter.Kernel((3, 3), [a * b for a in IDCT_BLUR_TAPS for b in IDCT_BLUR_TAPS], scale=1)
+#: the 3 x 3 kernels of :data:`~.dct.IDCT_BLUR_TAPS`, for PIL, per interpolation
+IDCT_BLUR = {name: ImageFilter.Kernel((3, 3), [a * b for a in taps for b in taps], scale=1)
+             for name, taps in IDCT_BLUR_TAPS.items()}
 
 
 def draft(im, scale: int) -> int:
@@ -80,8 +89,8 @@ class ReducedDecode:
     with the reference's own law and random draws (torchvision's ``RandomResizedCrop.make_params``;
     test DA's resize-then-centre-crop window; test DA2's shifted window, drawn as :class:`DA2Crop`
     draws it). Then libjpeg decodes at the largest 1/s (s in 8, 4, 2, 1) at which that box still
-    spans at least K x K pixels, and PIL's antialiased bilinear resize maps the box (divided by s)
-    to K x K. Flip and colour jitter are the reference's modules, in its order. With s = 1 the
+    spans at least K x K pixels, and PIL's antialiased resize with the spec's interpolation maps the
+    box (divided by s) to K x K. Flip and colour jitter are the reference's modules, in its order. With s = 1 the
     output is the reference's; with s > 1 libjpeg's scaled IDCT does part of the downscaling (a few
     grey levels from the reference, on a few pixels; tests/test_loaders.py bounds it).
     """
@@ -115,13 +124,14 @@ class ReducedDecode:
         s = draft(im, dct_reduction.py_func(x1 - x0, y1 - y0, self.k, self.k))  # plain Python, as geometry.plain
         img = im.convert("RGB")
         if s > 1 and abs((x1 - x0) / s - self.k) < 1e-6 and abs((y1 - y0) / s - self.k) < 1e-6:
-            img = img.filter(IDCT_BLUR)  # libjpeg did the whole downscale: the resize below only copies
+            img = img.filter(IDCT_BLUR[self.spec.interpolation])  # libjpeg did the whole downscale: the resize copies
         # train DA: torchvision crops, then resizes; test DA resizes the whole image, then crops
-        return self.rest(resize_box(img, (x0 / s, y0 / s, x1 / s, y1 / s), self.k, crop_first=self.train))
+        box = (x0 / s, y0 / s, x1 / s, y1 / s)
+        return self.rest(resize_box(img, box, self.k, crop_first=self.train, resample=pil_filter(self.spec)))
 
 
-def resize_box(im, box, k: int, crop_first: bool):
-    """``box`` (float, in ``im``'s pixels) resized to k x k with PIL's antialiased bilinear filter.
+def resize_box(im, box, k: int, crop_first: bool, resample: Image.Resampling):
+    """``box`` (float, in ``im``'s pixels) resized to k x k with PIL's antialiased filter ``resample``.
 
     ``crop_first``: cut the box out first (its integer hull), so the filter stops at the box's edges as
     torchvision's crop-then-resize does; otherwise the filter reads the pixels around it, as resizing
@@ -131,7 +141,12 @@ def resize_box(im, box, k: int, crop_first: bool):
         x1, y1 = min(im.width, math.ceil(box[2])), min(im.height, math.ceil(box[3]))
         im = im.crop((x0, y0, x1, y1))
         box = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
-    return im.resize((k, k), Image.Resampling.BILINEAR, box=box)
+    if resample == Image.Resampling.BICUBIC:
+        # the horizontal pass first, as the reference's resize and the other backends run it: PIL clips each pass to
+        # 0..255, so for a filter that overshoots the order shows, and Pillow 13 may start a box's with the vertical one
+        im = im.resize((k, im.height), resample, box=(box[0], 0, box[2], im.height))
+        box = (0, box[1], k, box[3])
+    return im.resize((k, k), resample, box=box)
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -242,7 +257,7 @@ class TorchLoader(BatchLoader):
                 if not bool(torch.as_tensor(ok).all()):
                     self.damaged.found(idx[~ok].tolist(), len(idx))
                     pixels, labels = pixels[ok], labels[ok]
-                yield to_batch(pixels, labels, self.device)
+                yield to_batch(pixels, labels, self.device, self.spec)
         self.damaged.end_epoch(self.epoch)
 
     def _sound(self, batch: "EncodedBatch") -> "EncodedBatch":
@@ -284,24 +299,63 @@ def decode_batch(batch: EncodedBatch, spec, source, device) -> tuple[torch.Tenso
     except RuntimeError:  # nvJPEG names no image: find the culprit
         source.check(batch.idx.tolist())
         raise
-    return to_batch(pixels, batch.labels, device)
+    return to_batch(pixels, batch.labels, device, spec)
 
 
 def gpu_augment(batch: EncodedBatch, spec, device) -> torch.Tensor:
     """nvJPEG-decode a batch and apply its drawn boxes, flips and jitter at once: uint8 (N, K, K, 3).
 
-    Each image's box, with a 1-pixel margin, is cut out of its decoded image into one zero-padded
+    Bilinear: each image's box, with a 1-pixel margin, is cut out of its decoded image into one zero-padded
     tensor, and a single ``roi_align`` resizes every box to K x K (with ``sampling_ratio=-1`` each
-    output pixel averages ceil(box/K)^2 bilinear samples, an area filter when shrinking). Flip and
-    colour jitter are batched too, so the kernels launched per batch do not grow with its size
-    (beyond one copy per image). On the CPU the same function decodes with libjpeg (tests).
+    output pixel averages ceil(box/K)^2 bilinear samples, an area filter when shrinking). Bicubic: PIL's
+    antialiased filter per image (:func:`bicubic_resize`). Flip and colour jitter are batched, so the kernels
+    launched per batch do not grow with its size (beyond one copy, bicubic: two resizes, per image). On the CPU the
+    same function decodes with libjpeg (tests).
     """
     from torchvision.io import ImageReadMode, decode_jpeg
-    from torchvision.ops import roi_align
 
     images = decode_jpeg(batch.images(), mode=ImageReadMode.RGB, device=device)
-    n, k = len(images), spec.size
-    boxes = batch.boxes.numpy()
+    resize = bicubic_resize if spec.interpolation == "bicubic" else roi_resize
+    out = resize(images, batch.boxes.numpy(), spec.size, crop_first=isinstance(spec, TrainDA))
+    if getattr(spec, "flip", False):
+        flip = batch.flips.to(device)
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    if getattr(spec, "jitter", 0):
+        out = batch_jitter(out, batch.factors.to(device))
+    return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def bicubic_resize(images: list[torch.Tensor], boxes: np.ndarray, k: int, crop_first: bool) -> torch.Tensor:
+    """PIL's antialiased bicubic resize of each image's box to k x k, as float (N, 3, k, k) in [0, 255].
+
+    ``interpolate(mode='bicubic', antialias=True)`` is PIL's filter (a = -0.5, widened when shrinking) in float;
+    run as PIL runs it, the horizontal pass first, clipped to 0..255 (PIL stores it in uint8), then the vertical
+    (a pass at scale 1 copies). Train DA (``crop_first``): the box (whole pixels) is cut out, then resized. Test DA:
+    the whole image is resized and the window cut out; the box is that window in the image's pixels
+    (:meth:`ReducedDecode.box`), so the resized size and the window's corner are the box's, rounded."""
+    import torch.nn.functional as F
+
+    out = []
+    for img, (x0, y0, x1, y1) in zip(images, boxes):
+        h, w = img.shape[1:]
+        if crop_first:
+            img, size, top, left = img[:, int(y0):int(y1), int(x0):int(x1)], (k, k), 0, 0
+        else:
+            size = (round(k * h / (y1 - y0)), round(k * w / (x1 - x0)))
+            top, left = round(y0 * size[0] / h), round(x0 * size[1] / w)
+        x = img[None].float()
+        for pass_size in ((x.shape[2], size[1]), size):  # horizontal, then vertical
+            x = F.interpolate(x, size=pass_size, mode="bicubic", antialias=True).clamp_(0, 255)
+        out.append(x[0, :, top:top + k, left:left + k])
+    return torch.stack(out)
+
+
+def roi_resize(images: list[torch.Tensor], boxes: np.ndarray, k: int, crop_first: bool) -> torch.Tensor:
+    """Each image's box resized to k x k by one ``roi_align`` over the batch (an area filter when shrinking; the
+    same for both modes' orders), as float (N, 3, k, k)."""
+    from torchvision.ops import roi_align
+
+    n, device = len(images), images[0].device
     width_height = np.array([(img.shape[2], img.shape[1]) for img in images])
     lo = np.maximum(np.floor(boxes[:, :2]) - 1, 0).astype(np.int64)
     hi = np.minimum(np.ceil(boxes[:, 2:]) + 1, width_height).astype(np.int64)
@@ -311,13 +365,7 @@ def gpu_augment(batch: EncodedBatch, spec, device) -> torch.Tensor:
         (x0, y0), (x1, y1) = lo[b], hi[b]
         cut[b, :, :y1 - y0, :x1 - x0] = img[:, y0:y1, x0:x1]
     rois = np.concatenate([np.arange(n)[:, None], boxes - np.tile(lo, 2)], 1).astype(np.float32)
-    out = roi_align(cut, torch.from_numpy(rois).to(device), (k, k), 1.0, -1, True)
-    if getattr(spec, "flip", False):
-        flip = batch.flips.to(device)
-        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
-    if getattr(spec, "jitter", 0):
-        out = batch_jitter(out, batch.factors.to(device))
-    return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return roi_align(cut, torch.from_numpy(rois).to(device), (k, k), 1.0, -1, True)
 
 
 def batch_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
