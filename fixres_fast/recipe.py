@@ -79,15 +79,21 @@ def _describe(hint) -> str:
     if _is_union(hint):
         return " or ".join(_describe(a) for a in args if a is not type(None))
     if typing.get_origin(hint) is tuple:
-        return f"a list of {_describe(args[0])}" if len(args) == 2 and args[1] is Ellipsis else \
-            f"a list of {len(args)} {_describe(args[0])}"
+        return f"a list of {_plural(args[0])}" if len(args) == 2 and args[1] is Ellipsis else \
+            f"a list of {len(args)} {_plural(args[0])}"
     if typing.get_origin(hint) is list:
-        return f"a list of {_describe(args[0])}"
+        return f"a list of {_plural(args[0])}"
     if typing.get_origin(hint) is dict:
-        return f"a table of {_describe(args[1])}"
+        return f"a table of {_plural(args[1])}"
     if dataclasses.is_dataclass(hint):
         return "a table"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, "a value")
+
+
+def _plural(hint) -> str:
+    if typing.get_origin(hint) in (list, tuple):
+        return "lists of " + _plural(typing.get_args(hint)[0])
+    return {int: "integers", float: "numbers", str: "strings", bool: "true or false"}.get(hint, _describe(hint) + "s")
 
 
 def _is_union(hint) -> bool:
