@@ -20,9 +20,9 @@ from fixres_fast.sampledata import composite_tree
 
 from . import imagesets
 
-#: The demo recipe at a small size: 160 + 80 composites of 48 px, K_train 32 and 48, two epochs (so that a kill
+#: The demo recipe at a small size: 96 + 48 composites of 48 px, K_train 32 and 48, two epochs (so that a kill
 #: in the second leaves a last.pt to continue from), one of adaptation, the photo sample not read back.
-SMALL_DEMO = ["convert.composites.train_images=160", "convert.composites.val_images=80", "convert.composites.size=48",
+SMALL_DEMO = ["convert.composites.train_images=96", "convert.composites.val_images=48", "convert.composites.size=48",
               "train.k_train=[32, 48]", "adapt.k_test=[48]", "evaluate.k_test=[32, 48]", "analyze.k_test=[16, 48]",
               "analyze.limit=40", "train.recipe.epochs=2", "train.recipe.batch_size=16", "adapt.epochs=1",
               "adapt.batch_size=16", "common.workers=1", "convert.photos.verify=false"]
