@@ -156,7 +156,8 @@ def plan(stages: list[Stage], out: Path) -> list[tuple[Stage, str, str]]:
         running.add(s.name)
         last = done or started
         if started and started.get("hash") == s.hash:
-            how = "continues from last.pt" if (d / "last.pt").is_file() else "starts again"
+            how = ("continues from last.pt" if (d / "last.pt").is_file() else
+                   "continues from the conversion's own checkpoint" if s.name.startswith("convert/") else "starts again")
             rows.append((s, "resume", f"interrupted; {how}"))
         elif last is None:
             rows.append((s, "run", "new"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 from . import recipe as recipes
@@ -53,9 +54,10 @@ def _convert_action(tab: dict):
 
         opts = {k: v for k, v in tab.items() if k not in OWN_CONVERT}
         src = opts.pop("src", None) or str(_sample(tab, d / "src", log))
-        convert(ConvertConfig(src=src, out=str(d / "records"), **opts), log=log)
+        cfg = ConvertConfig(src=src, out=str(d / "records"), **opts)
+        convert(cfg, log=log)
         splits = Manifest.read(d / "records").splits
-        result = {"records": {n: s.count for n, s in splits.items()},
+        result = {"job": _plain(asdict(cfg)), "records": {n: s.count for n, s in splits.items()},
                   "skipped": {n: len(s.skipped) for n, s in splits.items()}}
         if tab.get("verify"):
             result["verified"] = verify(d / "records", workers=opts.get("workers", 0), log=log)
@@ -122,10 +124,11 @@ def _train_action(tab: dict, k: int, data: str):
         if opts.get("init"):
             opts["init"] = init_source(opts["init"], opts.get("arch", TrainConfig.arch))
         resume = (d / "last.pt").is_file()
-        result = train(TrainConfig(data=data, out=str(d), k_train=k, resume=resume, **opts), log=log)
+        cfg = TrainConfig(data=data, out=str(d), k_train=k, resume=resume, **opts)
+        result = train(cfg, log=log)
         if result.get("interrupted"):
             raise Interrupted(result["signal"])
-        return {"checkpoint": "last.pt", "k_train": k, "resumed_from_last_pt": resume}
+        return {"job": _plain(asdict(cfg)), "checkpoint": "last.pt", "k_train": k, "resumed_from_last_pt": resume}
     return action
 
 
@@ -171,9 +174,9 @@ def _adapt_action(tab: dict, net, k: int | None, data: str):
     def action(d: Path, log) -> dict:
         from .adapt import adapt
 
-        result = adapt(AdaptConfig(checkpoint=net.checkpoint, k_test=k, data=data, out=str(d / "adapted.pt"), **tab),
-                       log=log)
-        return _plain({**result, "out": "adapted.pt"})
+        cfg = AdaptConfig(checkpoint=net.checkpoint, k_test=k, data=data, out=str(d / "adapted.pt"), **tab)
+        result = adapt(cfg, log=log)
+        return _plain({"job": asdict(cfg), **result, "out": "adapted.pt"})
     return action
 
 
@@ -205,7 +208,7 @@ def _evaluate_action(opts: dict, ckpts: tuple, data: str):
 
         cfg = EvalConfig(checkpoints=ckpts, data=data, **opts)
         write_results(evaluate(cfg, log=log), cfg, d)
-        return {"results": "evaluate.json"}
+        return {"job": _plain(asdict(cfg)), "results": "evaluate.json"}
     return action
 
 
@@ -229,11 +232,12 @@ def _analyze_action(tab: dict, ckpts: tuple, data: str):
     def action(d: Path, log) -> dict:
         from .analysis.activations import pooled_activations, report_lines, write_activations
 
-        result = pooled_activations(ActivationsConfig(checkpoints=ckpts, data=data, **tab), log=lambda *_: None)
+        cfg = ActivationsConfig(checkpoints=ckpts, data=data, **tab)
+        result = pooled_activations(cfg, log=lambda *_: None)
         for line in report_lines(result):
             log(line)
         write_activations(result, d)
-        return {"results": "activations.json"}
+        return {"job": _plain(asdict(cfg)), "results": "activations.json"}
     return action
 
 

@@ -222,3 +222,10 @@ def test_pretrained_adapt_recipe_at_a_small_size(tmp_path):
     exported = json.loads((out / "export" / "pretrained-auto" / "model" / "fixres.json").read_text())
     assert exported["k_test"] == adapted["k_test"] and exported["k_train"] == 32
     assert "pretrained (K_train 32)" in (out / "report.md").read_text()
+
+
+def test_run_and_demo_explain_themselves():
+    for cmd in (["run"], ["demo"]):
+        res = CliRunner().invoke(main, [*cmd, "--help"])
+        assert res.exit_code == 0 and "Usage:" in res.output
+    assert "--dry-run" in CliRunner().invoke(main, ["run", "--help"]).output
