@@ -1,6 +1,7 @@
 """The ``fixres-fast`` command: a thin layer that parses options and calls library functions."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -347,12 +348,21 @@ def run(recipe, sets, out, dry_run):
     unchanged, redoes a changed stage and the stages after it that read its outputs, and continues an interrupted one
     (train from last.pt). OUT/report.md holds the results, each read from the stages' outputs.
     """
-    from .run import Interrupted
     from .run import run as go
 
-    try:
+    with _stage_interrupts():
         go(recipe, sets, out, dry_run, log=click.echo)
-    except Interrupted as e:  # as a job killed by the signal would (SIGTERM 143, SIGINT 130)
+
+
+@contextlib.contextmanager
+def _stage_interrupts():
+    """A stage stopped by SIGTERM / SIGINT (its resumable state written): exit as a job killed by the signal would
+    (SIGTERM 143, SIGINT 130)."""
+    from .run import Interrupted
+
+    try:
+        yield
+    except Interrupted as e:
         import signal
 
         raise SystemExit(128 + (e.signum or signal.SIGTERM)) from None
@@ -389,7 +399,8 @@ def demo(n_train, **opts):
 
     if n_train is not None and n_train < 100:
         raise UserError(f"--images must be at least 100, got {n_train}")
-    go(DemoConfig(n_train=n_train, **opts), log=click.echo)
+    with _stage_interrupts():
+        go(DemoConfig(n_train=n_train, **opts), log=click.echo)
 
 
 @main.command(context_settings={"show_default": True}, short_help="Cost of training, inference and adaptation against resolution K.")

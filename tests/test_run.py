@@ -69,6 +69,12 @@ def test_shipped_recipes():
     (["common.shards=2"], "unknown key common.shards; allowed: amp, backend, device, on_corrupt, seed, workers"),
     (["trian.epochs=2"], "unknown key trian at the recipe's top level"),
     (["train"], "--set expects KEY=VALUE"),
+    (["train.recipe.epochs.x=1"], "--set train.recipe.epochs.x=1: train.recipe.epochs is a value, not a table"),
+    (["convert.photos.src=x"], "convert.photos: give src (the data set's folder) or sample (imagenet-sample, composites)"),
+    (["convert.photos.sample=mnist"], "convert.photos.sample: expected one of imagenet-sample, composites, got 'mnist'"),
+    (["pretrained.weights=w.pth"], "a recipe has [train] or [pretrained], not both"),
+    (["export.overwrite=true"], "unknown key export.overwrite; allowed: none"),
+    (["out=3"], "out: expected a string (the output folder), got 3"),
 ])
 def test_a_bad_recipe_value_is_one_line_naming_the_key(sets, expected):
     args = ["demo", "--dry-run"] + [a for s in sets for a in ("--set", s)]
@@ -79,6 +85,11 @@ def test_a_recipe_file_is_checked_too(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[convert.images]\nsrc = "x"\nlayout = "folder"\nmax_side = "big"\n')
     assert "convert.images.max_side: expected an integer, got 'big'" in one_line_error([str(bad), "--dry-run"])
+    bad.write_text('[convert.a]\nsample = "composites"\n[convert.b]\nsample = "composites"\n[train]\nk_train = 32\n')
+    assert "train.data: name the data set, one of the convert stages (a, b) or a records folder" in one_line_error(
+        [str(bad), "--dry-run"])
+    bad.write_text('[convert.a]\nsample = "composites"\n[pretrained]\narch = "resnet50"\n')
+    assert "pretrained: give weights (the file) and arch" in one_line_error([str(bad), "--dry-run"])
     bad.write_text("[train\n")
     assert "is not valid TOML" in one_line_error([str(bad)])
 
@@ -127,24 +138,36 @@ def test_a_rerun_skips_what_is_done_and_redoes_a_changed_stage_and_its_dependant
     assert json.loads((out / "adapt/32-48/stage.json").read_text())["result"]["epochs"] == 2
 
 
-def test_kill_9_mid_run_then_the_same_command_gives_the_same_numbers(demo_run, tmp_path):
+def _interrupted(cmd, wait_for, signum, log):
+    """Start ``cmd``, send ``signum`` as soon as ``wait_for`` exists; its exit status."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while not wait_for.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signum)
+        return proc.wait()
+
+
+def test_sigterm_then_kill_9_mid_run_then_the_same_command_gives_the_same_numbers(demo_run, tmp_path):
     ref, _ = demo_run
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "fixres_fast.cli", "run", "demo", "--out", str(out)]
     cmd += [a for s in SMALL_DEMO for a in ("--set", s)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = out / "train" / "32" / "last.pt"
-    deadline = time.monotonic() + 300
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)  # in train/32's second epoch: its first epoch's last.pt is on disk
-    proc.wait()
+    # SIGTERM in train/32's second epoch (its first epoch's last.pt is on disk): a resumable checkpoint, exit 143
+    assert _interrupted(cmd, out / "train" / "32" / "last.pt", signal.SIGTERM, tmp_path / "1.log") == 143
     assert not (out / "train" / "32" / "stage.json").exists()
+    # the same command continues train/32 from last.pt; kill -9 as soon as the adaptation has started
+    assert _interrupted(cmd, out / "adapt" / "32-48" / "started.json", signal.SIGKILL, tmp_path / "2.log") == -9
+    second = (tmp_path / "2.log").read_text()
+    assert "train/32                 resume  interrupted; continues from last.pt" in second
+    assert "resuming from" in second
+    assert not (out / "adapt" / "32-48" / "stage.json").exists()
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "train/32                 resume  interrupted; continues from last.pt" in again.stdout
-    assert "resuming from" in again.stdout and "epoch 1, step 0" in again.stdout
+    assert "adapt/32-48              resume  interrupted; starts again" in again.stdout
+    assert "train/32                 done    finished, unchanged" in again.stdout
     assert top1s(out) == top1s(ref)
 
 
