@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from fixres_fast.cli import main
 from fixres_fast.models import build_model
-from fixres_fast.recipe import shipped
+from fixres_fast.run.recipe import shipped
 from fixres_fast.run import run
 from fixres_fast.sampledata import composite_tree
 

@@ -9,14 +9,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import recipe as recipes
-from .adapt import AdaptConfig
-from .analysis.activations import ActivationsConfig
-from .convert import ConvertConfig
-from .errors import UserError
-from .evaluate import EvalConfig
-from .export import ExportConfig
-from .pretrained import Pretrained
-from .train import TrainConfig
+from ..adapt import AdaptConfig
+from ..analysis.activations import ActivationsConfig
+from ..convert import ConvertConfig
+from ..errors import UserError
+from ..evaluate import EvalConfig
+from ..export import ExportConfig
+from ..pretrained import Pretrained
+from ..train import TrainConfig
 
 OWN_CONVERT = {"sample": str, "train_images": int, "val_images": int, "size": int, "verify": bool}
 SAMPLE_LAYOUT = {"imagenet-sample": "imagenet", "composites": "folder"}
@@ -49,8 +49,8 @@ def converts(b) -> None:
 
 def _convert_action(tab: dict):
     def action(d: Path, log) -> dict:
-        from .convert import convert, verify
-        from .records import Manifest
+        from ..convert import convert, verify
+        from ..records import Manifest
 
         opts = {k: v for k, v in tab.items() if k not in OWN_CONVERT}
         src = opts.pop("src", None) or str(_sample(tab, d / "src", log))
@@ -67,7 +67,7 @@ def _convert_action(tab: dict):
 
 def _sample(tab: dict, src: Path, log) -> Path:
     """Build the sample data set in ``src`` once (a marker says it is complete; a partial one is rebuilt)."""
-    from . import sampledata
+    from .. import sampledata
 
     marker = src.with_name("src.complete")
     if marker.exists():
@@ -88,7 +88,7 @@ def _sample(tab: dict, src: Path, log) -> Path:
 
 def networks(b) -> None:
     """train/K for each K_train of [train]; or the [pretrained] weights as the one network."""
-    from .run import Network
+    from . import Network
 
     train, pre = b.table("train"), b.table("pretrained")
     if train is not None and pre is not None:
@@ -116,9 +116,9 @@ def networks(b) -> None:
 
 def _train_action(tab: dict, k: int, data: str):
     def action(d: Path, log) -> dict:
-        from .pretrained import init_source
-        from .run import Interrupted
-        from .train import train
+        from ..pretrained import init_source
+        from . import Interrupted
+        from ..train import train
 
         opts = dict(tab)
         if opts.get("init"):
@@ -172,7 +172,7 @@ def adapts(b) -> None:
 
 def _adapt_action(tab: dict, net, k: int | None, data: str):
     def action(d: Path, log) -> dict:
-        from .adapt import adapt
+        from ..adapt import adapt
 
         cfg = AdaptConfig(checkpoint=net.checkpoint, k_test=k, data=data, out=str(d / "adapted.pt"), **tab)
         result = adapt(cfg, log=log)
@@ -204,7 +204,7 @@ def evaluates(b) -> None:
 
 def _evaluate_action(opts: dict, ckpts: tuple, data: str):
     def action(d: Path, log) -> dict:
-        from .evaluate import evaluate, write_results
+        from ..evaluate import evaluate, write_results
 
         cfg = EvalConfig(checkpoints=ckpts, data=data, **opts)
         write_results(evaluate(cfg, log=log), cfg, d)
@@ -230,7 +230,7 @@ def analyses(b) -> None:
 
 def _analyze_action(tab: dict, ckpts: tuple, data: str):
     def action(d: Path, log) -> dict:
-        from .analysis.activations import pooled_activations, report_lines, write_activations
+        from ..analysis.activations import pooled_activations, report_lines, write_activations
 
         cfg = ActivationsConfig(checkpoints=ckpts, data=data, **tab)
         result = pooled_activations(cfg, log=lambda *_: None)
@@ -255,7 +255,7 @@ def exports(b) -> None:
 
 def _export_action(path: str):
     def action(d: Path, log) -> dict:
-        from .export import export
+        from ..export import export
 
         return _plain(export(ExportConfig(checkpoint=path, out=str(d / "model"), overwrite=True), log=log))
     return action

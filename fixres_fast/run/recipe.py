@@ -9,12 +9,12 @@ import types
 import typing
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
-HERE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parent.parent  # fixres_fast/
 #: Where shipped recipes are looked for: beside the package (a source checkout, ``pip install -e .``), and inside it
 #: (a wheel: setup.py maps pipelines/ to fixres_fast/pipelines).
-PIPELINES = (HERE.parent / "pipelines", HERE / "pipelines")
+PIPELINES = (PACKAGE.parent / "pipelines", PACKAGE / "pipelines")
 
 
 def shipped() -> dict[str, Path]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .artifacts import replacing, write_text
+from ..artifacts import replacing, write_text
 
 
 def _read(path: Path):
@@ -168,7 +168,7 @@ def conversions(res: Results) -> list[str]:
 
 def write_report(out: Path, stages, networks) -> Path:
     """Write OUT/report.md and OUT/accuracy.png (Fig. 5, every network); returns the report's path."""
-    from .evaluate import plot_accuracy
+    from ..evaluate import plot_accuracy
 
     res = Results(out, stages, networks)
     rows = [r for rs in res.rows.values() for r in rs]

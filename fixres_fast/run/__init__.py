@@ -12,8 +12,10 @@ stage with every stage after it that reads its outputs. A stage interrupted with
 stopped (train from ``last.pt``; convert from its own state); one whose config changed starts afresh in an emptied
 folder. ``--dry-run`` prints that plan and runs nothing.
 
-This module is the top of the package, as :mod:`fixres_fast.demo` is: the one place besides it that calls several
-jobs.
+This package is the top of fixres_fast, as :mod:`fixres_fast.demo` is: the one place besides it that calls several
+jobs. :mod:`.recipe` finds, overrides and checks recipes; :mod:`.stages` turns each table into stages that call the
+jobs; :mod:`.report` writes OUT/report.md from what they wrote. A stage's hash covers the recipe's values, not the
+jobs' defaults: a default changed in the code does not rerun a finished stage.
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import recipe as recipes
-from .artifacts import write_json
-from .errors import UserError
+from ..artifacts import write_json
+from ..errors import UserError
 
 TOP = ("description", "out", "common", "convert", "pretrained", "train", "adapt", "evaluate", "analyze", "export")
 #: [common]: settings every job that has the field takes, unless its own table sets it.
