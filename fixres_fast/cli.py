@@ -340,8 +340,7 @@ def train(gpus, compile_, eval_res, **opts):
 @click.option("--dry-run", is_flag=True, help="Print the plan (what is done, what would run and why); run nothing.")
 @user_errors
 def run(recipe, sets, out, dry_run):
-    """Run RECIPE: a recipe file, or the name of one shipped in pipelines/ (demo, imagenet-resnet50, transfer,
-    pretrained-adapt).
+    """Run RECIPE: a recipe file, or the name of one shipped in pipelines/ (e.g. demo; an unknown name lists them).
 
     Each stage (convert, train at each K_train, adapt at each K_test, evaluate, analyze, export, report) works in
     OUT/<stage>/ and is finished once its stage.json is written, last. A rerun skips finished stages whose settings are
