@@ -75,6 +75,7 @@ def test_shipped_recipes():
     (["pretrained.weights=w.pth"], "a recipe has [train] or [pretrained], not both"),
     (["export.overwrite=true"], "unknown key export.overwrite; allowed: none"),
     (["out=3"], "out: expected a string (the output folder), got 3"),
+    (["train.k_train=[32, 32]"], "two stages would be train/32: a resolution is listed twice"),
 ])
 def test_a_bad_recipe_value_is_one_line_naming_the_key(sets, expected):
     args = ["demo", "--dry-run"] + [a for s in sets for a in ("--set", s)]
@@ -252,3 +253,21 @@ def test_run_and_demo_explain_themselves():
         res = CliRunner().invoke(main, [*cmd, "--help"])
         assert res.exit_code == 0 and "Usage:" in res.output
     assert "--dry-run" in CliRunner().invoke(main, ["run", "--help"]).output
+
+
+def test_other_weights_under_the_same_name_redo_the_stages_that_read_them(tmp_path):
+    weights = tmp_path / "weights.pth"
+    sets = [f"convert.imagenet.src={tmp_path}", f"pretrained.weights={weights}", "pretrained.arch=fixres_cnn"]
+    torch.save(build_model("fixres_cnn", 10).state_dict(), weights)
+    first = {s.name: s.hash for s in _stages("pretrained-adapt", sets, tmp_path)}
+    torch.save(build_model("fixres_cnn", 10).state_dict(), weights)  # other random weights
+    second = {s.name: s.hash for s in _stages("pretrained-adapt", sets, tmp_path)}
+    assert first["convert/imagenet"] == second["convert/imagenet"]
+    assert all(first[s] != second[s] for s in ("adapt/pretrained-auto", "evaluate/pretrained", "export/pretrained-auto"))
+
+
+def _stages(recipe, sets, out):
+    from fixres_fast.run import _Builder, load
+
+    _, doc, out = load(recipe, sets, str(out))
+    return _Builder(doc, out).build()

@@ -101,6 +101,8 @@ class _Builder:
         return {**{k: v for k, v in self.common.items() if k in fields}, **table}
 
     def add(self, name: str, config: dict, deps, action) -> None:
+        if any(s.name == name for s in self.stages):
+            raise UserError(f"two stages would be {name}: a resolution is listed twice")
         self.stages.append(Stage(name, {k: v for k, v in config.items() if k not in NEUTRAL}, tuple(deps), action))
 
     def data(self, value, where: str) -> tuple[str, tuple]:

@@ -100,7 +100,7 @@ def networks(b) -> None:
         if "weights" not in tab or "arch" not in tab:
             raise UserError("pretrained: give weights (the file) and arch (the torchvision or timm name)")
         b.networks["pretrained"] = Network("pretrained", Pretrained(**tab), data, deps, [])
-        b.pretrained_config = pre
+        b.pretrained_config = {**pre, "sha256": _sha256(tab["weights"])}
         return
     if train is None:
         return
@@ -109,9 +109,18 @@ def networks(b) -> None:
     tab = recipes.check_table(raw, TrainConfig, "train", own, exclude=("out", "resume", "resume_changed"))
     data, deps = b.data(tab.pop("data", None), "train")
     ks = tab.pop("k_train", TrainConfig.k_train)
+    weights = {"init_sha256": _sha256(tab["init"])} if tab.get("init") else {}
     for k in [ks] if isinstance(ks, int) else ks:
-        b.add(f"train/{k}", {**raw, "k_train": k}, deps, _train_action(tab, k, data))
+        b.add(f"train/{k}", {**raw, "k_train": k, **weights}, deps, _train_action(tab, k, data))
         b.networks[str(k)] = Network(str(k), str(b.out / "train" / str(k) / "last.pt"), data, (f"train/{k}",), [])
+
+
+def _sha256(path: str) -> str | None:
+    """The weights file's SHA-256, so that other weights under the same name redo the stages that read them; None
+    where there is no such file (the job says so when it runs)."""
+    from ..pretrained import sha256
+
+    return sha256(path) if Path(path).is_file() else None
 
 
 def _train_action(tab: dict, k: int, data: str):
