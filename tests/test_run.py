@@ -170,6 +170,7 @@ def test_sigterm_then_kill_9_mid_run_then_the_same_command_gives_the_same_number
     assert "adapt/32-48              resume  interrupted; starts again" in again.stdout
     assert "train/32                 done    finished, unchanged" in again.stdout
     assert top1s(out) == top1s(ref)
+    assert "(resumed, so timed over their last attempt only: train/32)" in again.stdout
 
 
 def test_train_resumed_at_an_epoch_equals_uninterrupted_with_train_da(tmp_path):

@@ -55,6 +55,7 @@ class Stage:
     action: Callable  # (folder, log) -> result (JSON)
     hash: str = ""
     always: bool = False  # run on every run (the report: cheap, and written by the code of the day)
+    continues: bool = False  # interrupted, it continues from what it wrote (train: last.pt; convert: its state)
 
 
 @dataclass
@@ -100,10 +101,11 @@ class _Builder:
         fields = recipes.fields_of(config)
         return {**{k: v for k, v in self.common.items() if k in fields}, **table}
 
-    def add(self, name: str, config: dict, deps, action) -> None:
+    def add(self, name: str, config: dict, deps, action, continues: bool = False) -> None:
         if any(s.name == name for s in self.stages):
             raise UserError(f"two stages would be {name}: a resolution is listed twice")
-        self.stages.append(Stage(name, {k: v for k, v in config.items() if k not in NEUTRAL}, tuple(deps), action))
+        config = {k: v for k, v in config.items() if k not in NEUTRAL}
+        self.stages.append(Stage(name, config, tuple(deps), action, continues=continues))
 
     def data(self, value, where: str) -> tuple[str, tuple]:
         """(records folder, stages it comes from) of a ``data`` key: a convert stage's name, or a path."""
@@ -160,8 +162,9 @@ def plan(stages: list[Stage], out: Path) -> list[tuple[Stage, str, str]]:
         running.add(s.name)
         last = done or started
         if started and started.get("hash") == s.hash:
-            how = ("continues from last.pt" if (d / "last.pt").is_file() else
-                   "continues from the conversion's own checkpoint" if s.name.startswith("convert/") else "starts again")
+            how = ("continues from last.pt" if s.continues and (d / "last.pt").is_file() else
+                   "continues where the conversion stopped" if s.continues and s.name.startswith("convert/")
+                   else "starts again")
             rows.append((s, "resume", f"interrupted; {how}"))
         elif last is None:
             rows.append((s, "run", "new"))
@@ -183,7 +186,7 @@ def execute(s: Stage, out: Path, log) -> dict:
     """Run one stage in OUT/<stage>: afresh, or continuing an interrupted attempt with the same hash."""
     d = out / s.name
     started = _read(d / STARTED)
-    resuming = bool(started and started.get("hash") == s.hash)
+    resuming = bool(s.continues and started and started.get("hash") == s.hash)
     if not resuming:
         if d.exists():
             shutil.rmtree(d)

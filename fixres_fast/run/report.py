@@ -137,8 +137,10 @@ def _pair(res: Results, net: str, name: str, k1, k2: int) -> list[tuple[str, flo
         out.append((f"train {k2}, test {k2}", other["top1"],
                     f"training {t2:.0f} s, {t2 / t1:.1f}x the K_train={net} run" if t1 and t2 else ""))
         if fixed and t1 and t2 and ta:
+            resumed = [s for s in (f"train/{net}", stage, f"train/{k2}") if res.stages[s].get("resumed")]
+            note = f" (resumed, so timed over their last attempt only: {', '.join(resumed)})" if resumed else ""
             out.append((f"train {net} + adapt at {k2}: {100 * (t1 + ta) / t2:.0f}% of the time of train {k2}, "
-                        f"{fixed['top1'] - other['top1']:+.2f} points", None, ""))
+                        f"{fixed['top1'] - other['top1']:+.2f} points{note}", None, ""))
     return out
 
 

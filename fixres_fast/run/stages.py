@@ -44,7 +44,7 @@ def converts(b) -> None:
         if tab["layout"] is None:
             raise UserError(f"{where}.layout: say which layout src has: imagenet, inat, herbarium or folder")
         b.converts[name] = tab
-        b.add(f"convert/{name}", {**raw, "layout": tab["layout"]}, (), _convert_action(tab))
+        b.add(f"convert/{name}", {**raw, "layout": tab["layout"]}, (), _convert_action(tab), continues=True)
 
 
 def _convert_action(tab: dict):
@@ -111,7 +111,7 @@ def networks(b) -> None:
     ks = tab.pop("k_train", TrainConfig.k_train)
     weights = {"init_sha256": _sha256(tab["init"])} if tab.get("init") else {}
     for k in [ks] if isinstance(ks, int) else ks:
-        b.add(f"train/{k}", {**raw, "k_train": k, **weights}, deps, _train_action(tab, k, data))
+        b.add(f"train/{k}", {**raw, "k_train": k, **weights}, deps, _train_action(tab, k, data), continues=True)
         b.networks[str(k)] = Network(str(k), str(b.out / "train" / str(k) / "last.pt"), data, (f"train/{k}",), [])
 
 
