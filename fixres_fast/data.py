@@ -3,7 +3,6 @@ the record a checkpoint keeps of it (absolute path and the manifest's SHA-256)."
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -154,15 +153,16 @@ def readable_by(data: str | Path) -> set[str]:
 
 
 def backend_for(backend: str, device: torch.device, data: str | Path) -> str:
-    """'auto': of the backends that can read ``data`` (:func:`readable_by`), DALI on a GPU when installed, else FFCV
-    when installed, else the torchvision reference."""
+    """'auto': of the installed backends that can read ``data`` (:func:`readable_by`), DALI on a GPU, else FFCV,
+    else the torchvision reference."""
+    from .loaders import installed
+
     if backend != "auto":
         return backend
-    can = readable_by(data)
-    have = {name: importlib.util.find_spec(mod) is not None for name, mod in (("dali", "nvidia.dali"), ("ffcv", "ffcv"))}
-    if device.type == "cuda" and have["dali"] and "dali" in can:
+    can = {b for b in readable_by(data) if installed(b)}
+    if device.type == "cuda" and "dali" in can:
         return "dali"
-    return "ffcv" if have["ffcv"] and "ffcv" in can else "torch"
+    return "ffcv" if "ffcv" in can else "torch"
 
 
 def stored_max_side(data: str | Path) -> int | None:

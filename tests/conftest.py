@@ -1,11 +1,44 @@
+import os
+
 import pytest
 
 from fixres_fast.convert import ConvertConfig, convert
+from fixres_fast.loaders import BACKENDS, OPTIONAL, installed
 from fixres_fast.sampledata import composite_tree
 from fixres_fast.spec import Recipe
 from fixres_fast.train import TrainConfig, train
 
 from . import imagesets
+
+#: CI (`./dev test`) sets this: there a test whose backend's library is missing fails instead of skipping
+REQUIRE_BACKENDS = os.environ.get("FIXRES_REQUIRE_BACKENDS") == "1"
+
+
+def needs(*backends: str):
+    """Mark a test that needs the libraries of ``backends`` (dali, ffcv): skipped where one is not installed
+    (a `pip install -e .` without extras), failed instead under FIXRES_REQUIRE_BACKENDS=1."""
+    return pytest.mark.needs(*backends)
+
+
+def each(backends=BACKENDS):
+    """``backends`` as parameters, each optional one marked with :func:`needs`."""
+    return [pytest.param(b, marks=needs(b)) if b in OPTIONAL else b for b in backends]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs(*backends): the test needs these backends' libraries (see conftest.needs)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    missing = [b for m in item.iter_markers("needs") for b in m.args if not installed(b)]
+    if not missing:
+        return
+    libs = " and ".join(sorted({OPTIONAL[b][1] for b in missing}))
+    if REQUIRE_BACKENDS:
+        pytest.fail(f"needs {libs}, not installed, and FIXRES_REQUIRE_BACKENDS=1 (./dev test) runs every test of every "
+                    "backend: pip install -e '.[all]'", pytrace=False)
+    pytest.skip(f"needs {libs}, not installed here (pip install -e '.[all]')")
 
 
 @pytest.fixture(scope="session")

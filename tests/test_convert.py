@@ -17,6 +17,7 @@ from fixres_fast.cli import main
 from fixres_fast.errors import UserError
 
 from . import imagesets
+from .conftest import needs
 
 
 def quiet(*_):
@@ -57,6 +58,7 @@ def test_imagenet_counts_labels_and_skips(imagenet_records):
         assert path.split("/")[-2] == exp["wnids"][label]
 
 
+@needs("ffcv", "dali")
 def test_records_read_back_through_ffcv_and_dali(imagenet_records):
     out, m = imagenet_records["out"], imagenet_records["manifest"]
     report = verify(out, workers=2, log=quiet)
@@ -72,6 +74,7 @@ def rgb(data):
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+@needs("ffcv")
 def test_same_image_in_both_formats_and_fit_photos_keep_their_pixels(imagenet_records):
     """Both formats store the same bytes; a fit photo (the foolbox ones are progressive JPEGs) is stored as a
     sequential JPEG of the same coefficients: the same pixels, exactly."""
@@ -137,6 +140,7 @@ def stored(out, name):
     return Image.open(io.BytesIO(data))
 
 
+@needs("ffcv")
 def test_unusual_images_are_converted_to_rgb(imagenet_records, photos):
     out = imagenet_records["out"]
     cmyk, grey, png, rotated, large = (stored(out, n) for n in
@@ -265,6 +269,7 @@ def test_bad_options_are_refused(tmp_path):
             convert(ConvertConfig(layout="folder", src=str(tmp_path), out=str(tmp_path / "o"), **kw), log=quiet)
 
 
+@needs("ffcv")
 def test_raw_write_mode_reads_back_through_ffcv(tmp_path, photos):
     src = tmp_path / "tree" / "c"
     src.mkdir(parents=True)
@@ -280,6 +285,7 @@ def test_raw_write_mode_reads_back_through_ffcv(tmp_path, photos):
     assert reader.is_raw(0) and bytes(reader.read(0)) == data
 
 
+@needs("ffcv")
 def test_beton_dtypes_are_ffcvs():
     from ffcv import types
     from ffcv.fields import IntField, RGBImageField
@@ -290,6 +296,7 @@ def test_beton_dtypes_are_ffcvs():
     assert [types.TYPE_ID_HANDLER[t] for t in beton.TYPE_IDS] == [RGBImageField, IntField]
 
 
+@needs("ffcv")
 def test_beton_reader_reads_what_ffcv_reads(imagenet_records, tmp_path):
     path = imagenet_records["out"] / "train.beton"
     reader = BetonReader(path)

@@ -18,6 +18,7 @@ from fixres_fast.loaders.source import open_source
 from fixres_fast.spec import make_spec
 
 from . import imagesets
+from .conftest import needs
 
 
 def quiet(*_):
@@ -106,6 +107,7 @@ def test_index_escaping_round_trips_every_line_break():
         assert len(line.splitlines()) == 1 and "\t" not in line and unescape_path(line) == "/d/" + name
 
 
+@needs("ffcv", "dali")
 def test_file_names_with_line_breaks_convert_verify_and_load(tmp_path, photos):
     src = one_class_tree(tmp_path, [(n, lambda p, k=k: shutil.copy(photos[k], p)) for k, n in enumerate(ODD_NAMES)])
     out = tmp_path / "out"

@@ -12,6 +12,8 @@ import pytest
 from fixres_fast.convert import ConvertConfig, convert, verify
 from fixres_fast.errors import UserError
 
+from .conftest import needs
+
 FINAL = ("*.beton", "*.rec", "*.idx", "*.index.tsv", "*.crc32", "manifest.json", "classes.json")
 
 
@@ -61,6 +63,7 @@ def tree(tmp_path_factory, photos):
     return root
 
 
+@needs("ffcv", "dali")
 def test_kill_9_leaves_only_partial_files_and_rerun_resumes(tree, tmp_path):
     out = tmp_path / "out"
     proc = start(tree, out)
@@ -77,6 +80,7 @@ def test_kill_9_leaves_only_partial_files_and_rerun_resumes(tree, tmp_path):
     assert verify(out, workers=2, log=lambda *_: None)["train"]["count"] == 500
 
 
+@needs("ffcv", "dali")
 def test_ctrl_c_leaves_no_final_file_and_says_so_only(tree, tmp_path):
     """Ctrl-C at a terminal reaches the whole process group: the encoding processes too. One clean line."""
     out = tmp_path / "out"
@@ -98,6 +102,7 @@ def checksums(out):
             for f in s["files"]}
 
 
+@needs("ffcv", "dali")
 def test_kill_9_mid_split_resumes_at_the_last_checkpoint_with_the_same_bytes(tree, tmp_path):
     out = tmp_path / "out"
     proc = start(tree, out)
@@ -127,6 +132,7 @@ def test_kill_9_mid_split_resumes_at_the_last_checkpoint_with_the_same_bytes(tre
     assert report["count"] == 500 and report["crc32"] == "ok"
 
 
+@needs("ffcv", "dali")
 def test_a_second_conversion_into_the_same_out_stops_at_once(tree, tmp_path):
     out = tmp_path / "out"
     first = start(tree, out)

@@ -20,6 +20,8 @@ from fixres_fast.loaders.kernels import check_jpeg
 from fixres_fast.loaders.source import open_source
 from fixres_fast.spec import make_spec
 
+from .conftest import each, needs
+
 BACKENDS = ("torch", "ffcv", "dali")  # torch first: no DataLoader fork after DALI has run in this process
 VICTIM = 2  # the damaged val record
 
@@ -81,7 +83,7 @@ def sources(damaged, tmp_path_factory):
     return {"crc": (out, crc), "old": (old, decode), "tree": (tree, decode)}
 
 
-CASES = [(kind, b) for kind in ("crc", "old", "tree") for b in BACKENDS if (kind, b) != ("tree", "ffcv")]
+CASES = [pytest.param(kind, b, marks=needs(b)) for kind in ("crc", "old", "tree") for b in BACKENDS if (kind, b) != ("tree", "ffcv")]
 
 
 @pytest.mark.parametrize("kind,backend", CASES)
@@ -109,7 +111,7 @@ def test_flipped_bytes_skipped_and_counted(damaged, sources, kind, backend, capf
     assert "epoch 1: left out 1 damaged record(s) of split 'val'" in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("backend", ["ffcv", "torch"])
+@pytest.mark.parametrize("backend", each(("ffcv", "torch")))
 def test_flipped_pixels_of_a_raw_record_found_by_its_crc(damaged, tmp_path, backend):
     """Raw pixels have no decoder to complain: only the CRC-32 sees them change."""
     out = tmp_path / "raw"
@@ -134,6 +136,7 @@ def test_a_conversion_without_crcs_is_warned_about_once(sources, tmp_path, capfd
     assert "decode check, which is slower; re-convert to add them" in err
 
 
+@needs("ffcv", "dali")
 def test_crcs_in_the_manifest_and_checked_by_verify(damaged, tmp_path):
     out = tmp_path / "out"
     convert(ConvertConfig(layout="folder", src=str(damaged[0].parent / "src"), out=str(out), workers=1),
@@ -166,6 +169,7 @@ def test_unknown_policy_is_refused(damaged):
         make_loader("torch", make_spec("test", 64), damaged[0], "val", on_corrupt="ignore")
 
 
+@needs("ffcv", "dali")
 def test_auto_backend_reads_what_is_there(damaged, tmp_path, photos):
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     out, _ = damaged
@@ -183,7 +187,7 @@ def test_auto_backend_reads_what_is_there(damaged, tmp_path, photos):
 
 
 @pytest.mark.parametrize("cut", ["val.beton", "val-00000-of-00001.rec"])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_a_truncated_file_is_one_line_from_every_backend(damaged, tmp_path, backend, cut):
     out = tmp_path / "out"
     shutil.copytree(damaged[0], out)
@@ -213,7 +217,7 @@ def test_train_on_corrupt_option(damaged, tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("backend", ["torch", "dali"])  # nvJPEG decodes around corrupt data as PIL does
+@pytest.mark.parametrize("backend", each(("torch", "dali")))  # nvJPEG decodes around corrupt data as PIL does
 def test_flipped_bytes_on_the_gpu(damaged, backend):
     out, labels = damaged
     spec = make_spec("test", 64)

@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
+from .conftest import needs
 
+
+@needs("ffcv", "dali")  # its part 1 reads every record back through FFCV and DALI (convert.verify)
 def test_demo_runs_the_method_end_to_end(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "fixres_fast.cli", "demo", "--out", str(out), "--images", "300",

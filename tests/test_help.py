@@ -9,6 +9,8 @@ from fixres_fast.cli import main
 from fixres_fast.errors import UserError
 from fixres_fast.models import build_model
 
+from .conftest import needs
+
 
 def commands(cmd=main, path=()):
     yield list(path), cmd
@@ -44,6 +46,7 @@ def test_unknown_architecture_suggests_each_name_once():
     assert len(names) == len(set(names)) and "resnet50" in names
 
 
+@needs("ffcv", "dali")
 def test_convert_verify_shows_progress_in_images_per_second(tmp_path, photos):
     import shutil
 

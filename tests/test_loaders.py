@@ -9,11 +9,12 @@ import torch
 from scipy import stats
 
 from fixres_fast.errors import UserError
-from fixres_fast.loaders import BACKENDS, RecordError, dct, make_loader
+from fixres_fast.loaders import BACKENDS, RecordError, dct, installed, make_loader
 from fixres_fast import geometry
 from fixres_fast.spec import ASPECT_RANGE, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, make_spec
 
 from . import imagesets
+from .conftest import each, needs
 from .test_geometry import torchvision_law
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
@@ -47,7 +48,7 @@ def train_crops(ramp_records):
     """Per backend: the crops of 12 RA epochs of train DA (no jitter) over the ramp images, measured."""
     spec = make_spec("train", K, jitter=0.0)
     crops = {}
-    for backend in BACKENDS:
+    for backend in filter(installed, BACKENDS):
         loader = make_loader(backend, spec, ramp_records, "train", batch_size=64, repeats=REPEATS,
                              epoch_fraction=24.0, workers=2, seed=5)
         batches = []
@@ -58,7 +59,7 @@ def train_crops(ramp_records):
     return crops
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 @pytest.mark.parametrize("shape", range(len(imagesets.RAMP_SHAPES)))
 def test_roc_law_is_torchvisions(train_crops, backend, shape):
     got = train_crops[backend][0]
@@ -77,7 +78,7 @@ def test_roc_law_is_torchvisions(train_crops, backend, shape):
     assert 0.4 < got[:, 5].mean() < 0.6  # horizontal flip with p = 1/2
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_repeated_augmentation_gives_distinct_copies(train_crops, backend):
     got, loader = train_crops[backend]
     epoch = got[: len(loader) * loader.config.batch_size].reshape(-1, REPEATS, got.shape[1])  # world 1: copies adjacent
@@ -96,7 +97,7 @@ def run_test_da(out, interpolation):
     """Per backend: test DA at 224 with ``interpolation`` over the converted photos (TEST_DA_SPLITS), exact epochs,
     full decodes; 'torch_reduced' and 'ffcv_reduced': the default reduced-size DCT decoding."""
     got = {}
-    for backend in BACKENDS + ("torch_reduced", "ffcv_reduced"):
+    for backend in [b for b in BACKENDS + ("torch_reduced", "ffcv_reduced") if installed(b.split("_")[0])]:
         got[backend] = {}
         for split in TEST_DA_SPLITS[interpolation]:
             options = dict(reduced_decode=backend.endswith("_reduced"))
@@ -141,7 +142,7 @@ def torchvision_test_da(out, split, interpolation, k=224):
                         for i in range(len(source))]).permute(0, 3, 1, 2)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_batch_contract(test_batches, imagenet_records, backend):
     for split in ("val", "train"):
         images, labels = test_batches[backend][split]
@@ -181,10 +182,10 @@ def test_cpu_normalisation_is_torchs_arithmetic(mean, std):
 #: DALI and the ffcv backend (kernels.decode_region) decode with libjpeg's accurate IDCT, as PIL does. Measured
 #: (max / mean): bilinear dali 1 / 0.16, ffcv 1 / 0.15, torch 0 / 0; bicubic dali 8 / 0.15 (on 0.03% of the pixels:
 #: DALI does not clip its first pass to 0..255 as PIL does, where the cubic overshoots), ffcv 1 / 0.15, torch 0 / 0.
-AGREEMENT = [
+AGREEMENT = [pytest.param(*row, marks=needs(row[0]) if row[0] != "torch" else ()) for row in (
     ("dali", "bilinear", 0.5, 1.01, 0.0), ("ffcv", "bilinear", 0.5, 1.01, 0.0), ("torch", "bilinear", 0.01, 0.01, 0.0),
     ("dali", "bicubic", 0.5, 10.0, 1e-3), ("ffcv", "bicubic", 0.5, 1.01, 0.0), ("torch", "bicubic", 0.01, 0.01, 0.0),
-]
+)]
 
 
 @pytest.mark.parametrize("backend,interpolation,mean_tol,max_tol,over_1_tol", AGREEMENT)
@@ -198,7 +199,7 @@ def test_test_da_agrees_with_torchvision(test_da_runs, imagenet_records, backend
         assert float((diff > 1.01).float().mean()) <= over_1_tol, f"{backend} {interpolation} {split}"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_train_da_follows_the_interpolation(imagenet_records, backend):
     """Train DA with bicubic draws the same boxes (and flips) as with bilinear, then resizes them with its own
     filter: the batches differ by ~1.7 grey levels on average (measured on every backend), where other boxes
@@ -214,7 +215,7 @@ def test_train_da_follows_the_interpolation(imagenet_records, backend):
     assert labels == bicubic_labels and 0.5 < float(diff.mean()) < 4 and float(diff.mean((1, 2, 3)).max()) < 6
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_normalisation_follows_the_spec(test_batches, imagenet_records, backend):
     """A spec with a model's own mean and std: the batches are the ImageNet-normalised batches' pixels, normalised
     with that mean and std instead (float tolerance). Run after the ImageNet loaders in the same process, so a
@@ -230,7 +231,7 @@ def test_normalisation_follows_the_spec(test_batches, imagenet_records, backend)
 
 
 @pytest.mark.parametrize("interpolation,mean_tol", [("bilinear", 1.5), ("bicubic", 1.75)])
-@pytest.mark.parametrize("backend", ["torch", "ffcv"])
+@pytest.mark.parametrize("backend", each(("torch", "ffcv")))
 def test_reduced_decode_batches_agree_with_full_decode(test_da_runs, backend, interpolation, mean_tol):
     # the photos are stored at 512 px: test DA at 224 decodes them at 1/2 size, where the IDCT does the whole
     # downscale (the reference's blur is stood in for by dct.IDCT_BLUR_TAPS, per interpolation). Measured (mean /
@@ -244,6 +245,7 @@ def test_reduced_decode_batches_agree_with_full_decode(test_da_runs, backend, in
         assert float(diff.mean()) < mean_tol and float(diff.flatten().quantile(0.99)) < 12, split
 
 
+@needs("ffcv")
 def test_ffcv_reduced_decode_keeps_the_draws(imagenet_records):
     """Train DA at 96 on 512-px photos: most boxes decode at 1/2 or 1/4. The draws are keyed by position, so
     with and without reduced decoding the boxes, flips and jitter are the same and only the decode differs."""
@@ -456,7 +458,7 @@ def test_ffcv_colour_jitter_kernel_is_torchvisions(photos):
         assert np.array_equal(got, np.asarray(im)), j
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_augmentations_follow_the_seed(ramp_records, backend):
     """The same seed gives the same batches (order, boxes, flips, jitter), another seed others."""
     def first_batch(seed, epoch=0, workers=2):
@@ -471,7 +473,7 @@ def test_augmentations_follow_the_seed(ramp_records, backend):
         assert torch.equal(a, first_batch(3, workers=1)) and not torch.equal(a, first_batch(3, epoch=1))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_a_dropped_loader_is_freed_at_once(imagenet_records, backend):
     """No reference cycle: `del loader` frees it (DALI's pipeline, FFCV's buffers, torch's workers) without the
     cyclic collector, which could otherwise run in a DataLoader worker forked later (DALI's pipeline aborts there)."""
@@ -503,6 +505,7 @@ def raw_records(tmp_path_factory, photos):
     return root / "out"
 
 
+@needs("ffcv", "dali")
 def test_raw_records_give_the_same_batches_from_ffcv_and_torch(raw_records):
     """A --write-mode raw .beton: the torch backend reads its pixels too, and agrees with FFCV to 1 grey level."""
     spec = make_spec("test", 96)
@@ -525,7 +528,7 @@ def test_reduction_rule():
         assert s == 8 or not (w / (2 * s) >= k and h / (2 * s) >= k)  # the largest such scale
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_da2_shift_stays_in_range(ramp_records, backend):
     spec = make_spec("test2", 64, jitter=0.0)
     loader = make_loader(backend, spec, ramp_records, "train", batch_size=64, repeats=8, epoch_fraction=32.0,
@@ -543,7 +546,7 @@ def test_da2_shift_stays_in_range(ramp_records, backend):
     assert 0.3 < got[:, 5].mean() < 0.7
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_shards_are_disjoint_and_cover(imagenet_records, backend):
     labels = [make_loader(backend, make_spec("test", 32), imagenet_records["out"], "train", batch_size=4,
                           world_size=2, rank=r, workers=1) for r in range(2)]
@@ -570,7 +573,7 @@ def damaged_records(imagenet_records, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_corrupt_record_is_named(damaged_records, backend):
     loader = make_loader(backend, make_spec("test", 64), damaged_records, "val", batch_size=2, workers=1)
     with pytest.raises(RecordError, match=r"record 2 of split 'val'.*ILSVRC2012_val_00000003\.JPEG"):
@@ -579,7 +582,7 @@ def test_corrupt_record_is_named(damaged_records, backend):
 
 # torch first: a DataLoader worker forked after DALI's file reader has run in this process can deadlock on a
 # lock one of DALI's threads held (DALI asks for no fork after it starts); one backend per process is safe
-@pytest.mark.parametrize("backend", ["torch", "dali"])
+@pytest.mark.parametrize("backend", each(("torch", "dali")))
 def test_missing_file_in_a_folder_is_named(imagenet_records, tmp_path, backend):
     src = tmp_path / "tree"
     imagesets.imagenet_tree(src, bad=False)
@@ -608,7 +611,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 @cuda
 @pytest.mark.parametrize("interpolation", INTERPOLATIONS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", each(BACKENDS))
 def test_gpu_batches_match_cpu(test_da_runs, imagenet_records, backend, interpolation):
     split, runs = TEST_DA_SPLITS[interpolation][0], test_da_runs(interpolation)
     loader = make_loader(backend, make_spec("test", 224, interpolation=interpolation), imagenet_records["out"], split,

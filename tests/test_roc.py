@@ -10,6 +10,8 @@ from fixres_fast.analysis.roc import RocConfig, roc_areas
 from fixres_fast.cli import main
 from fixres_fast.errors import UserError
 
+from .conftest import needs
+
 #: (height, width, copies): 4:3 landscape and portrait, 3:2, square.
 SHAPES = ((300, 400, 4), (400, 300, 2), (300, 450, 2), (320, 320, 2))
 
@@ -25,7 +27,7 @@ def aspect_tree(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("backend", ["ffcv", "torch", "dali"])
+@pytest.mark.parametrize("backend", ["ffcv", "torch", pytest.param("dali", marks=needs("dali"))])
 def test_test_rocs_are_spiky_and_train_rocs_spread(aspect_tree, backend):
     result = roc_areas(RocConfig(str(aspect_tree), backend=backend, draws=50))
     assert sorted(map(tuple, result.sizes)) == sorted((h, w) for h, w, n in SHAPES for _ in range(n))

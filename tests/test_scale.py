@@ -13,6 +13,8 @@ from fixres_fast.analysis.scale import ScaleConfig, analyze_scale, monte_carlo, 
 from fixres_fast.cli import main
 from fixres_fast.errors import UserError
 
+from .conftest import each
+
 PAPER_SIGMA = (0.28, 1.0)  # Sec. 3.1: [sigma_-, sigma_+]; sigma^2 is the area fraction
 PAPER_AREA = (PAPER_SIGMA[0] ** 2, PAPER_SIGMA[1] ** 2)
 DRAWS = {"geometry": 50_000, "dali": 50_000, "torchvision": 3_000}  # torchvision's get_params is slow
@@ -43,7 +45,7 @@ def test_eq4_for_one_box_of_a_square_image():
     assert geometry.apparent_size_ratio(250, 250, 500, 500, 224, 256) == pytest.approx(0.5 * 256 / 224)
 
 
-@pytest.mark.parametrize("sampler", ["geometry", "torchvision", "dali"])
+@pytest.mark.parametrize("sampler", each(("geometry", "torchvision", "dali")))
 def test_monte_carlo_agrees_with_eq5_under_its_assumptions(sampler):
     cfg = ScaleConfig(samples=DRAWS[sampler])
     est = monte_carlo(sampler, cfg, (500, 500), (1.0, 1.0), "square")
@@ -51,7 +53,7 @@ def test_monte_carlo_agrees_with_eq5_under_its_assumptions(sampler):
     assert 0 < est.stderr < 0.01
 
 
-@pytest.mark.parametrize("sampler", ["torchvision", "dali"])
+@pytest.mark.parametrize("sampler", each(("torchvision", "dali")))
 def test_backends_draw_the_same_law_as_geometry_as_trained(sampler):
     cfg = ScaleConfig(samples=DRAWS[sampler])
     ours = monte_carlo("geometry", ScaleConfig(), (375, 500), cfg.aspect_range, "as trained")

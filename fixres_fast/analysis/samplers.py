@@ -37,6 +37,9 @@ def draw_rocs(sampler: str, height: int, width: int, area_range, aspect_range, n
 
 
 def _draw_dali(height, width, area_range, aspect_range, n, seed) -> np.ndarray:
+    from ..loaders import require
+
+    require("dali", "the dali RoC sampler", "choose another sampler")
     from nvidia.dali import fn, pipeline_def, types
 
     batch = min(n, 1000)

@@ -29,6 +29,7 @@ def verify(out: str | Path, workers: int = 0, log=print) -> dict:
     out = Path(out)
     manifest = Manifest.read(out)
     workers = workers or os.cpu_count() or 1
+    _require_readers(manifest)
     report = {}
     for name, split in manifest.splits.items():
         _check_files(out, split)
@@ -52,6 +53,18 @@ def verify(out: str | Path, workers: int = 0, log=print) -> dict:
         log(f"{name}: {split.count} records; "
             + ", ".join(f"{k} ok" for k in ("crc32", "beton", "recordio") if k in report[name]))
     return report
+
+
+def _require_readers(manifest: Manifest) -> None:
+    """The one-line error, before any work, when FFCV (for a .beton) or DALI (for RecordIO) is not installed."""
+    from ..loaders import require
+
+    skip = "skip verifying (the loaders still check each record's CRC-32 as they read it)"
+    splits = manifest.splits.values()
+    if any(n.endswith(".beton") for s in splits for n in s.names):
+        require("ffcv", "verify (it re-reads each .beton through FFCV's Loader)", skip)
+    if any(s.recordio for s in splits):
+        require("dali", "verify (it re-reads RecordIO shards through DALI)", skip)
 
 
 def expected_labels(index_path: Path) -> np.ndarray:

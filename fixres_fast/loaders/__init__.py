@@ -15,6 +15,7 @@ rank's shard exactly once, in order. DALI and FFCV are imported only when asked 
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import replace
 
 from ..errors import UserError
@@ -24,8 +25,28 @@ from .sampler import RASampler
 from .source import RecordError, open_source
 
 BACKENDS = ("dali", "ffcv", "torch")
+#: the optional backends: the module each imports, the library's name, and (the backend's own name) its pip extra
+OPTIONAL = {"dali": ("nvidia.dali", "DALI"), "ffcv": ("ffcv", "FFCV")}
 
-__all__ = ["BACKENDS", "LoaderConfig", "RASampler", "RecordError", "make_loader"]
+__all__ = ["BACKENDS", "LoaderConfig", "RASampler", "RecordError", "installed", "make_loader", "require"]
+
+
+def installed(backend: str) -> bool:
+    """Whether ``backend``'s library is installed (looked up, not imported); torch's always is."""
+    if backend not in OPTIONAL:
+        return True
+    try:
+        return importlib.util.find_spec(OPTIONAL[backend][0]) is not None
+    except ModuleNotFoundError:  # nor is its parent package (nvidia), as beside a CPU-only torch
+        return False
+
+
+def require(backend: str, what: str = "", instead: str = "use --backend torch") -> None:
+    """Raise the one line that says how to install ``backend``'s library, when it is missing."""
+    if not installed(backend):
+        lib = OPTIONAL[backend][1]
+        raise UserError(f"{what or f'the {backend} backend'} needs {lib}, which is not installed: "
+                        f"pip install 'fixres-fast[{backend}]' (see README), or {instead}")
 
 
 def make_loader(backend: str, spec, source, split: str = "train", config: LoaderConfig | None = None, **options):
@@ -43,6 +64,7 @@ def make_loader(backend: str, spec, source, split: str = "train", config: Loader
         config = replace(config or LoaderConfig(), **options)
     except TypeError as e:
         raise UserError(f"{e}; loader options are the fields of LoaderConfig") from None
+    require(backend)
     indexed_device(config.device)
     src = open_source(source, split)
     if backend == "dali":
