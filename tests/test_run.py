@@ -272,3 +272,22 @@ def _stages(recipe, sets, out):
 
     _, doc, out = load(recipe, sets, str(out))
     return _Builder(doc, out).build()
+
+
+def test_demo_options_are_sets_of_the_demo_recipe(tmp_path):
+    from fixres_fast.demo import DemoConfig
+
+    lines = []
+    cfg = DemoConfig(out=str(tmp_path), k_test=48, baseline=False, n_train=200, epochs=2, seed=3)
+    plan = run("demo", cfg.sets(), cfg.out, dry_run=True, log=lines.append)["plan"]
+    assert [s for s, _, _ in plan] == ["convert/photos", "convert/composites", "train/32", "adapt/32-48",
+                                       "evaluate/32", "analyze/32", "report"]
+    from fixres_fast.run import load
+
+    doc = load("demo", cfg.sets())[1]
+    composites = doc["convert"]["composites"]
+    assert {k: composites[k] for k in ("train_images", "val_images", "size")} == {
+        "train_images": 200, "val_images": 100, "size": 48}
+    assert (doc["evaluate"]["k_test"], doc["analyze"]["k_test"], doc["train"]["recipe"]["epochs"]) == (
+        [32, 40, 48], [16, 32, 40, 48], 2)
+    assert doc["common"]["seed"] == 3 and DemoConfig().sets() == []
