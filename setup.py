@@ -12,7 +12,10 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     python_requires=">=3.10",
-    packages=find_packages(include=["fixres_fast", "fixres_fast.*"]),
+    packages=find_packages(include=["fixres_fast", "fixres_fast.*"]) + ["fixres_fast.pipelines"],
+    # the recipes (`fixres-fast run NAME`): pipelines/ in the source tree, fixres_fast/pipelines/ once installed
+    package_dir={"fixres_fast.pipelines": "pipelines"},
+    package_data={"fixres_fast.pipelines": ["*.toml"]},
     # region decoding for the ffcv backend: libjpeg's API (Debian: libjpeg62-turbo-dev; libjpeg-turbo >= 1.5);
     # records' CRC-32: zlib (Debian: zlib1g-dev)
     ext_modules=[Extension("fixres_fast.loaders._jpeg", ["fixres_fast/loaders/_jpeg.c"], libraries=["jpeg", "z"])],

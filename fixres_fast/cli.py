@@ -1,6 +1,7 @@
 """The ``fixres-fast`` command: a thin layer that parses options and calls library functions."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -329,23 +330,61 @@ def train(gpus, compile_, eval_res, **opts):
         raise SystemExit(128 + (result["signal"] or signal.SIGTERM))
 
 
-@main.command(context_settings={"show_default": True}, short_help="Run the method end to end on small offline data sets.")
-@click.option("--out", default=default_of(DemoConfig, "out"), type=click.Path(file_okay=False),
-              help="Where the sample data sets, records, checkpoints and results go.")
-@click.option("--k-train", default=default_of(DemoConfig, "k_train"), help="Train resolution of the FixRes network.")
-@click.option("--k-test", default=default_of(DemoConfig, "k_test"), help="Test resolution to adapt to (the composites' size).")
-@click.option("--images", "n_train", default=default_of(DemoConfig, "n_train"),
+@main.command(short_help="Run a recipe (pipelines/NAME.toml): convert, train, adapt, evaluate, analyze, report.")
+@click.argument("recipe")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Repeatable: change one value of the recipe, e.g. train.recipe.epochs=2, adapt.k_test=[224,288], "
+                   "train.arch=resnet18 (values read as TOML; else as text).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Where every stage's folder and report.md go [default: the recipe's out, else runs/NAME].")
+@click.option("--dry-run", is_flag=True, help="Print the plan (what is done, what would run and why); run nothing.")
+@user_errors
+def run(recipe, sets, out, dry_run):
+    """Run RECIPE: a recipe file, or the name of one shipped in pipelines/ (e.g. demo; an unknown name lists them).
+
+    Each stage (convert, train at each K_train, adapt at each K_test, evaluate, analyze, export, report) works in
+    OUT/<stage>/ and is finished once its stage.json is written, last. A rerun skips finished stages whose settings are
+    unchanged, redoes a changed stage and the stages after it that read its outputs, and continues an interrupted one
+    (train from last.pt). OUT/report.md holds the results, each read from the stages' outputs.
+    """
+    from .run import run as go
+
+    with _stage_interrupts():
+        go(recipe, sets, out, dry_run, log=click.echo)
+
+
+@contextlib.contextmanager
+def _stage_interrupts():
+    """A stage stopped by SIGTERM / SIGINT (its resumable state written): exit as a job killed by the signal would
+    (SIGTERM 143, SIGINT 130)."""
+    from .run import Interrupted
+
+    try:
+        yield
+    except Interrupted as e:
+        import signal
+
+        raise SystemExit(128 + (e.signum or signal.SIGTERM)) from None
+
+
+@main.command(short_help="Run the method end to end on small offline data sets (`run demo`).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Where the sample data sets, records, checkpoints and results go [default: runs/demo].")
+@click.option("--k-train", type=int, default=None, help="Train resolution of the FixRes network.")
+@click.option("--k-test", type=int, default=None, help="Test resolution to adapt to: the composites' size.")
+@click.option("--images", "n_train", type=int, default=None,
               help="Training images (half as many for validation).")
-@click.option("--epochs", default=default_of(DemoConfig, "epochs"), help="Training epochs of each network.")
-@click.option("--adapt-epochs", type=int, default=default_of(DemoConfig, "adapt_epochs"),
+@click.option("--epochs", type=int, default=None, help="Training epochs of each network.")
+@click.option("--adapt-epochs", type=int, default=None,
               help=f"Fine-tuning epochs of the adaptation [default: the paper's {FINETUNE_EPOCHS}].")
-@click.option("--baseline/--no-baseline", default=default_of(DemoConfig, "baseline"),
+@click.option("--baseline/--no-baseline", default=None,
               help="Also train a network at --k-test, for comparison.")
-@click.option("--workers", default=default_of(DemoConfig, "workers"), show_default=False, help="Processes [default: all cores].")
-@click.option("--seed", default=default_of(DemoConfig, "seed"))
+@click.option("--workers", type=int, default=None, help="Processes [default: all cores].")
+@click.option("--seed", type=int, default=None, help="Seed of the sample data, the record order, training and adaptation.")
 @user_errors
 def demo(n_train, **opts):
-    """Run the method end to end on small data sets that build offline (a few minutes on a CPU).
+    """Run the method end to end on small data sets that build offline (a few minutes on a CPU): the same as
+    `fixres-fast run demo` (pipelines/demo.toml, which holds the defaults), each option a --set of it.
 
     1. Converters: an ImageNet-shaped sample of real photos plus the bad files real data sets hold is
     converted to .beton and RecordIO, and every record is read back through FFCV and DALI.
@@ -353,13 +392,14 @@ def demo(n_train, **opts):
     2. FixRes: on composites of real objects pasted at varied sizes on real photos, a small CNN is
     trained at K_train, evaluated at several test resolutions, adapted at K_test (BN+fc fine-tuning,
     test DA) and evaluated again, beside a network trained at K_test. Prints the table, and writes
-    OUT/summary.json and OUT/evaluate/accuracy.png (the paper's Fig. 5).
+    OUT/report.md and OUT/accuracy.png (the paper's Fig. 5).
     """
-    from .demo import demo as run
+    from .demo import demo as go
 
-    if n_train < 100:
+    if n_train is not None and n_train < 100:
         raise UserError(f"--images must be at least 100, got {n_train}")
-    run(DemoConfig(n_train=n_train, n_val=n_train // 2, **opts))
+    with _stage_interrupts():
+        go(DemoConfig(n_train=n_train, **opts), log=click.echo)
 
 
 @main.command(context_settings={"show_default": True}, short_help="Cost of training, inference and adaptation against resolution K.")

@@ -240,13 +240,15 @@ class TorchLoader(BatchLoader):
         dataset = (BytesDataset(source, spec, self.damaged) if cuda
                    else PILDataset(source, spec, self.damaged, reduced=config.reduced_decode))
         n = workers(config)
-        # the generator seeds each worker's random, numpy and torch: augmentations follow (seed, rank)
-        generator = torch.Generator().manual_seed(seed_for(config.seed, config.rank, 0, Stream.AUGMENT))
+        # the generator seeds each worker's random, numpy and torch when an epoch starts (re-seeded then, with
+        # workers started afresh): augmentations follow (seed, rank, epoch), so that a run resumed at an epoch
+        # draws what an uninterrupted one draws (persistent workers would carry their RNG over from earlier epochs)
         self.loader = DataLoader(dataset, batch_sampler=_Batches(self), num_workers=n,
-                                 persistent_workers=n > 0, collate_fn=_collate_bytes if cuda else None,
-                                 prefetch_factor=4 if n > 0 else None, generator=generator)
+                                 collate_fn=_collate_bytes if cuda else None,
+                                 prefetch_factor=4 if n > 0 else None, generator=torch.Generator())
 
     def __iter__(self):
+        self.loader.generator.manual_seed(seed_for(self.config.seed, self.config.rank, self.epoch, Stream.AUGMENT))
         if self.device.type == "cuda":
             # decoding and augmenting batch i + 1 (nvJPEG and roi_align, GIL released) overlaps the
             # caller's work on batch i
