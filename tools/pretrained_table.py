@@ -97,7 +97,7 @@ def main() -> None:
                 after[tune] = evaluate(EvalConfig(checkpoints=(str(out),), **common), log=quiet)[0]
             b = before[str(k)]
             rows.append((k, b, after["bn-stats"], after["bn+fc"]))
-    print(f"\n| K_test | loss before | loss bn-stats | loss bn+fc | top-1 before | bn-stats | bn+fc |")
+    print("\n| K_test | loss before | loss bn-stats | loss bn+fc | top-1 before | bn-stats | bn+fc |")
     print("|---|---|---|---|---|---|---|")
     for k, b, s, f in rows:
         print(f"| {k}{' (own)' if k == k0 else ''} | {b['loss']:.3f} | {s['loss']:.3f} | {f['loss']:.3f} | "
