@@ -1,7 +1,23 @@
 """Small accommodations for the libraries we build on."""
 from __future__ import annotations
 
+import contextlib
 import sys
+
+
+@contextlib.contextmanager
+def torch_threads_kept():
+    """Keep torch's intra-op thread count across a block that imports FFCV or builds an FFCV Loader: FFCV sets it
+    (to 1 on import, to its workers when a Loader is built), which would make a model's CPU arithmetic, and so a
+    run's results, depend on whether and how FFCV was used earlier in the process (and run it on one core)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def quiet_numba_finalizers() -> None:

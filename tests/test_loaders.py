@@ -711,3 +711,22 @@ def test_device_normalisation_follows_the_spec():
         on_cpu, _ = to_batch(nhwc, np.arange(4), torch.device("cpu"), spec)
         on_gpu, labels = to_batch(nhwc, np.arange(4), torch.device("cuda", torch.cuda.current_device()), spec)
         assert labels.is_cuda and torch.allclose(on_gpu.cpu(), on_cpu, atol=1e-6, rtol=0), mean
+
+
+@needs("ffcv")
+def test_ffcv_leaves_torchs_thread_count_alone(imagenet_records):
+    """FFCV sets torch's intra-op threads (to 1 on import, to its workers when a Loader is built and at each epoch),
+    which made a CPU model's arithmetic, and so a run's numbers, depend on whether FFCV had run earlier in the
+    process. Our ffcv backend and verify keep the caller's count."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(2); import fixres_fast.loaders.ffcv; "
+            "from fixres_fast.loaders import make_loader; from fixres_fast.spec import make_spec; "
+            f"l = make_loader('ffcv', make_spec('test', 64), {str(imagenet_records['out'])!r}, 'val', batch_size=4, "
+            "workers=1); next(iter(l)); "
+            f"from fixres_fast.convert import verify; verify({str(imagenet_records['out'])!r}, workers=1); "
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "2", out.stdout

@@ -60,7 +60,7 @@ def test_too_few_images_for_the_repeats_is_refused(imagenet_records, tmp_path):
     (["--res", "100000"], "cannot be had; the largest that can is --res 65535"),
     (["--res", "600"], "--max-side 512 (long side); convert again with --max-side 600 or more, or choose --res 512 or less"),
     (["--aug", "test", "--res", "500"], "K_test^image = 571 px, but the records"),
-    (["--eval-res", "32,1000"], "--eval-res 1000 resizes images to a short side of K_test^image = 1143 px"),
+    (["--eval-res", "32,1000"], "--eval-res 1000 resizes images to a short side of K_test^image = 1142 px"),
 ])
 def test_train_refuses_resolutions_the_records_cannot_serve(imagenet_records, tmp_path, extra, words):
     line = one_line(CliRunner().invoke(main, cli_train(imagenet_records["out"], tmp_path, "--batch-size", "8", *extra)))
@@ -71,7 +71,7 @@ def test_evaluate_and_adapt_refuse_resolutions_the_records_cannot_serve(tiny_run
     ckpt, data = str(tiny_run["checkpoint"]), str(imagenet_records["out"])
     args = ["evaluate", "--checkpoint", ckpt, "--data", data, "--out", str(tmp_path), *TORCH_CPU]
     line = one_line(CliRunner().invoke(main, args + ["--res", "32,100000"]))
-    assert "--res 100000 resizes images to a short side of K_test^image = 114286 px" in line, line
+    assert "--res 100000 resizes images to a short side of K_test^image = 114285 px" in line, line
     assert "cannot be had; the largest that can is --res 57343; these records (--max-side 512) serve --res 448" in line
     line = one_line(CliRunner().invoke(main, args + ["--res", "32", "--ensemble", "32,512"]))
     assert "--ensemble 512 resizes" in line and "choose --ensemble 448 or less" in line, line

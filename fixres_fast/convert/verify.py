@@ -123,14 +123,17 @@ def _read_labels(batches, total: int, desc: str | None) -> np.ndarray:
 
 def read_beton_labels(path: Path, workers: int, desc: str | None = None) -> np.ndarray:
     """Decode every image of a .beton with FFCV's Loader; return the labels in record order (``desc``: a progress bar)."""
-    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
-    from ffcv.loader import Loader, OrderOption
+    from ..compat import torch_threads_kept
 
-    quiet_numba_finalizers()
-    loader = Loader(str(path), batch_size=BATCH, num_workers=workers, order=OrderOption.SEQUENTIAL,
-                    drop_last=False, pipelines={"image": [CenterCropRGBImageDecoder((PROBE, PROBE), 1.0)],
-                                                "label": [IntDecoder()]})
-    return _read_labels((lab for _, lab in loader), loader.reader.num_samples, desc)
+    with torch_threads_kept():  # FFCV sets torch's threads on import, and to its workers in Loader and each epoch
+        from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
+        from ffcv.loader import Loader, OrderOption
+
+        quiet_numba_finalizers()
+        loader = Loader(str(path), batch_size=BATCH, num_workers=workers, order=OrderOption.SEQUENTIAL,
+                        drop_last=False, pipelines={"image": [CenterCropRGBImageDecoder((PROBE, PROBE), 1.0)],
+                                                    "label": [IntDecoder()]})
+        return _read_labels((lab for _, lab in loader), loader.reader.num_samples, desc)
 
 
 def read_recordio_labels(recs: list[Path], index: Path, workers: int, desc: str | None = None) -> np.ndarray:

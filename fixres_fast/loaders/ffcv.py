@@ -29,13 +29,16 @@ import weakref
 import numba
 import numpy as np
 import torch
-from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
-from ffcv.loader import Loader
-from ffcv.pipeline.allocation_query import AllocationQuery
-from ffcv.pipeline.compiler import Compiler
-from ffcv.transforms import ToDevice, ToTensor
-from ffcv.traversal_order.base import TraversalOrder
+from ..compat import torch_threads_kept
+
+with torch_threads_kept():  # FFCV's import sets torch's threads to 1
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
+    from ffcv.loader import Loader
+    from ffcv.pipeline.allocation_query import AllocationQuery
+    from ffcv.pipeline.compiler import Compiler
+    from ffcv.transforms import ToDevice, ToTensor
+    from ffcv.traversal_order.base import TraversalOrder
 
 from .. import geometry
 from ..geometry import seed as seed_draws
@@ -216,9 +219,10 @@ class FFCVLoader(BatchLoader):
         if self.device.type == "cuda":
             image.append(ToDevice(self.device, non_blocking=True))
             label.append(ToDevice(self.device, non_blocking=True))
-        self.loader = Loader(str(source.beton), batch_size=config.batch_size, num_workers=workers(config),
-                             order=SamplerOrder(self), drop_last=self.training, batches_ahead=2,
-                             pipelines={"image": image, "label": label})
+        with torch_threads_kept():  # FFCV sets torch's threads to its workers, here and at every epoch's start
+            self.loader = Loader(str(source.beton), batch_size=config.batch_size, num_workers=workers(config),
+                                 order=SamplerOrder(self), drop_last=self.training, batches_ahead=2,
+                                 pipelines={"image": image, "label": label})
         if self.loader.reader.num_samples != len(source):
             raise UserError(f"{source.beton} holds {self.loader.reader.num_samples} records but "
                             f"{source.split}.index.tsv lists {len(source)}: the conversion is incomplete; re-run it")
@@ -228,7 +232,8 @@ class FFCVLoader(BatchLoader):
     def __iter__(self):
         self._stop_epoch()
         batches = self.batches()
-        self._running = iter(self.loader)
+        with torch_threads_kept():
+            self._running = iter(self.loader)
         for b, (pixels, labels) in enumerate(self._running):
             bad = (pixels[:, 0, :8] == self._sentinel).flatten(1).all(1)
             if bool(bad.any()):  # libjpeg failed or warned of corrupt data in the rows this sample decoded
