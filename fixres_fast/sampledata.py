@@ -32,6 +32,20 @@ def imagenet_class(photo: Path) -> int:
     return int(photo.stem.split("_")[2])
 
 
+def photos_by_wnid(root: Path, splits_of) -> None:
+    """The 20 photos in ImageFolder trees named by ImageNet-1k's WordNet IDs: ``root/SPLIT/WNID/photo`` for each
+    split in ``splits_of(i)`` of the i-th photo (sorted by name), so a 1000-class ImageNet model's classes map onto
+    them by name (--classes-map)."""
+    from .pretrained import imagenet_classes
+
+    wnids = imagenet_classes()
+    for i, p in enumerate(photos()):
+        for split in splits_of(i):
+            d = root / split / wnids[imagenet_class(p)]
+            d.mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, d / p.name)
+
+
 # --- generated bad or unusual inputs -------------------------------------------------------------
 
 def write_cmyk_jpeg(src: Path, dst: Path) -> None:

@@ -57,12 +57,7 @@ def photo_records(tmp_path_factory):
     """The 20 foolbox ImageNet photos in folders named by their WordNet IDs (train and val both), converted
     without resizing (so a reference can read the same pixels), and a classes map onto ImageNet-1k's 1000."""
     root = tmp_path_factory.mktemp("photos")
-    wnids = imagenet_classes()
-    for p in imagesets.photos():
-        for split in ("train", "val"):
-            d = root / "src" / split / wnids[imagesets.imagenet_class(p)]
-            d.mkdir(parents=True, exist_ok=True)
-            shutil.copy(p, d / p.name)
+    imagesets.photos_by_wnid(root / "src", lambda i: ("train", "val"))
     out = root / "out"
     convert(ConvertConfig(layout="folder", src=str(root / "src"), out=str(out), max_side=1024, workers=2), log=quiet)
     names = [c["name"] for c in json.loads((out / "classes.json").read_text())]

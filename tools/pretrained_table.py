@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ from fixres_fast.adapt import AdaptConfig, adapt  # noqa: E402
 from fixres_fast.convert import ConvertConfig, convert  # noqa: E402
 from fixres_fast.evaluate import EvalConfig, evaluate  # noqa: E402
 from fixres_fast.pretrained import Pretrained, fit_names, imagenet_classes, read_state_dict  # noqa: E402
-from fixres_fast.sampledata import imagenet_class, photos  # noqa: E402
+from fixres_fast.sampledata import photos_by_wnid  # noqa: E402
 
 
 def quiet(*_):
@@ -34,11 +33,7 @@ def quiet(*_):
 
 def records(root: Path) -> tuple[Path, Path]:
     """(records, classes map): even-numbered photos in train, odd ones in val, in folders named by WordNet ID."""
-    wnids = imagenet_classes()
-    for i, p in enumerate(photos()):
-        d = root / "src" / ("train" if i % 2 == 0 else "val") / wnids[imagenet_class(p)]
-        d.mkdir(parents=True, exist_ok=True)
-        shutil.copy(p, d / p.name)
+    photos_by_wnid(root / "src", lambda i: ("train" if i % 2 == 0 else "val",))
     out = root / "out"
     convert(ConvertConfig(layout="folder", src=str(root / "src"), out=str(out), max_side=1024, workers=2), log=quiet)
     names = [c["name"] for c in json.loads((out / "classes.json").read_text())]
