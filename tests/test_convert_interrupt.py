@@ -137,7 +137,11 @@ def test_a_second_conversion_into_the_same_out_stops_at_once(tree, tmp_path):
     out = tmp_path / "out"
     first = start(tree, out)
     wait_for_partial(first, out)
-    second = subprocess.run(command(tree, out), capture_output=True, text=True, timeout=60)
+    first.send_signal(signal.SIGSTOP)  # paused mid-conversion, lock held: the second cannot start after it ends
+    try:
+        second = subprocess.run(command(tree, out), capture_output=True, text=True, timeout=60)
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 1
     [line] = error_lines(second.stdout + second.stderr)
     assert f"is being written by another conversion (pid {first.pid} on host" in line, line
