@@ -192,7 +192,7 @@ class CheckpointMeta:
 
     def test_spec(self, k_test: int) -> TestDA:
         """Test DA at ``k_test`` with the checkpoint's resize ratio, normalisation and interpolation."""
-        return TestDA(k_test=k_test, **pixels_of(self.test_da), resize_ratio=self.test_da.resize_ratio)
+        return dataclasses.replace(self.test_da, k_test=k_test)
 
     @property
     def mean(self) -> tuple[float, float, float]:

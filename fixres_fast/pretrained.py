@@ -144,15 +144,11 @@ def _unnested(doc, path) -> dict[str, torch.Tensor]:
             raise UserError(f"{path} holds no state_dict (parameter names -> tensors) at its top level or under "
                             f"{', '.join(NESTED)}; found {keys}")
         doc = inner
-    weights = {}
-    for k, v in doc.items():
-        if not torch.is_tensor(v):
-            continue
-        for prefix in PREFIXES:
-            if all(key.startswith(prefix) for key in doc):
-                k = k.removeprefix(prefix)
-        weights[k] = v
-    return weights
+    tensors = {k: v for k, v in doc.items() if torch.is_tensor(v)}
+    names = list(tensors)
+    while (prefix := next((p for p in PREFIXES if names and all(n.startswith(p) for n in names)), None)) is not None:
+        names = [n.removeprefix(prefix) for n in names]  # e.g. 'module._orig_mod.': DDP around a compiled model
+    return dict(zip(names, tensors.values()))
 
 
 def _kind(name: str) -> str:

@@ -136,11 +136,10 @@ def _check_epoch(loader, cfg: TrainConfig, d: Dist) -> None:
                     f"(at most {per_rank * d.world_size})")
 
 
-def pixels(cfg: TrainConfig) -> dict:
-    """Mean, std and interpolation of every spec of the run: those of ``cfg.init``'s weights, else the defaults."""
-    if cfg.init is None:
-        return {}
-    return checkpoint.pixels_of(checkpoint.meta_of(checkpoint.load(cfg.init, log=lambda *_: None)).test_da)
+def pixels(init: dict | None) -> dict:
+    """Mean, std and interpolation of every spec of the run: those of the ``cfg.init`` document ``init`` (read
+    once, by :class:`_Run`), else the defaults."""
+    return {} if init is None else checkpoint.pixels_of(checkpoint.meta_of(init).test_da)
 
 
 def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict, data: dict,
@@ -203,31 +202,27 @@ def _loaders(cfg: TrainConfig, d: Dist, pix: dict) -> dict:
     return loaders
 
 
-def initialise(model: nn.Module, cfg: TrainConfig, log) -> None:
-    """Load ``cfg.init``'s weights into ``model``: all of them where the classes agree; else all but the classifier
-    (transfer learning: the new classifier keeps its random initialisation)."""
+def initialise(model: nn.Module, cfg: TrainConfig, log, doc: dict | None = None) -> None:
+    """Load ``cfg.init``'s weights (``doc``, where the caller has read it) into ``model``: all of them where the
+    classes agree; else all but the classifier (transfer learning: the new classifier keeps its random
+    initialisation)."""
     from .models import classifier
 
-    doc = checkpoint.load(cfg.init, log=log)
+    doc = checkpoint.load(cfg.init, log=log) if doc is None else doc
     meta = checkpoint.meta_of(doc)
     if meta.arch.removeprefix("timm/").split(".")[0] != cfg.arch.removeprefix("timm/").split(".")[0]:
         raise UserError(f"--init {cfg.init} holds a {meta.arch}, but --arch is {cfg.arch}; pass --arch {meta.arch}")
-    head = {id(m): n for n, m in model.named_modules()}[id(classifier(model))]
+    layer = classifier(model)
+    head = {id(m): n for n, m in model.named_modules()}[id(layer)]
     weights = doc["model"]
-    if meta.num_classes != model_classes(model):
+    if meta.num_classes != layer.out_features:
         weights = {k: v for k, v in weights.items() if not k.startswith(head + ".")}
         log(f"--init: {cfg.init}'s {meta.num_classes}-class classifier ({head}) replaced by a new one for the data's "
-            f"{model_classes(model)} classes; every other weight loaded")
+            f"{layer.out_features} classes; every other weight loaded")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not k.startswith(head + ".")]
     if missing or unexpected:
         raise UserError(f"--init {cfg.init} does not fit {cfg.arch}: {', '.join((missing + unexpected)[:3])}; check --arch")
-
-
-def model_classes(model: nn.Module) -> int:
-    from .models import classifier
-
-    return classifier(model).out_features
 
 
 def _tensorboard(logdir: Path):
@@ -248,9 +243,10 @@ class _Run:
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(seed_for(cfg.seed, 0, 0, Stream.INIT))  # the same initial weights on every rank
         self.model = build_model(cfg.arch, num_classes)
-        self.pixels = pixels(cfg)
-        if cfg.init is not None and not cfg.resume:
-            initialise(self.model, cfg, log)
+        init = None if cfg.init is None else checkpoint.load(cfg.init, log=log)  # read once: pixels and weights
+        self.pixels = pixels(init)
+        if init is not None and not cfg.resume:
+            initialise(self.model, cfg, log, init)
         self.model = self.model.to(d.device, memory_format=torch.channels_last)
         r = cfg.recipe
         if d.device.type == "cuda":

@@ -77,8 +77,9 @@ def test_weights_are_read_plain_nested_prefixed_or_as_safetensors(tmp_path):
     torch.save(sd, tmp_path / "plain.pth")
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "ddp.pth")
     torch.save({"model": {"state_dict": sd}, "optimizer": {}}, tmp_path / "deep.pt")
+    torch.save({f"module._orig_mod.{k}": v for k, v in sd.items()}, tmp_path / "ddp-compiled.pth")
     safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "m.safetensors"))
-    for name in ("plain.pth", "ddp.pth", "deep.pt", "m.safetensors"):
+    for name in ("plain.pth", "ddp.pth", "deep.pt", "ddp-compiled.pth", "m.safetensors"):
         got = read_state_dict(tmp_path / name)
         assert set(got) == set(sd) and all(torch.equal(got[k], sd[k]) for k in sd), name  # safetensors sorts names
         doc = checkpoint.load(Pretrained(str(tmp_path / name), "resnet18"), log=quiet)
