@@ -289,7 +289,7 @@ def run_options(fn):
 @click.option("--label-smoothing", default=default_of(Recipe, "label_smoothing"))
 @click.option("--no-bn-weight-decay", is_flag=True, help="No weight decay on BatchNorm parameters and biases.")
 @click.option("--repeats", default=default_of(Recipe, "repeats"), help="Repeated augmentation: copies of each image per epoch (paper: 3).")
-@click.option("--aug", type=click.Choice(list(MODES)), default=default_of(TrainConfig, "aug"), help="Train DA (paper), or test DA / DA2.")
+@click.option("--aug", type=click.Choice(list(MODES)), default=default_of(TrainConfig, "aug"), help="Train DA (paper), test DA / DA2, or train-fixed (Appendix D: resize, then a fixed-size random crop).")
 @click.option("--eval-res", default=default_of(TrainConfig, "eval_res"), show_default=False,
               help="Further test resolutions to evaluate after each epoch, e.g. 224,288 [default: none].")
 @click.option("--init", type=click.Path(dir_okay=False), default=None,

@@ -674,7 +674,7 @@ def test_missing_file_in_a_folder_is_named(imagenet_records, tmp_path, backend):
 @pytest.mark.parametrize("kwargs,words", [
     (dict(backend="tf"), "choose one of dali, ffcv, torch"),
     (dict(device="tpu"), "choose one of auto, cpu, cuda"),
-    (dict(spec="train"), "mode train, test or test2"),
+    (dict(spec="train"), "mode train, test, test2, train-fixed"),
 ])
 def test_bad_choices_list_the_choices(imagenet_records, kwargs, words):
     args = dict(backend="torch", spec=make_spec("test", 32), device="cpu") | kwargs
