@@ -548,7 +548,7 @@ def _test_res(text: str) -> int | None:
                    "BN's running statistics (no labels); or the layers at the final feature-map size and the classifier.")
 @click.option("--bn-scope", type=click.Choice(BN_SCOPES), default=default_of(AdaptConfig, "bn_scope"), help="--tune bn-stats: the last BN, or every BN.")
 @click.option("--aug", type=click.Choice(AUGS), default=default_of(AdaptConfig, "aug"),
-              help="Fine-tuning DA: test DA (paper; the frozen trunk then runs once), test DA2, or train DA.")
+              help="Fine-tuning DA: test DA (paper; the frozen trunk then runs once), test DA2, train DA, or train-fixed.")
 @click.option("--method", type=click.Choice(METHODS), default=default_of(AdaptConfig, "method"),
               help="frechet: the supplement's equalisation of the pooled activations (Fréchet fit, xi = 0.3).")
 @click.option("--epochs", type=int, default=default_of(AdaptConfig, "epochs"),

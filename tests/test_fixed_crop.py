@@ -40,6 +40,17 @@ def test_the_spec_is_resize_then_a_fixed_size_crop():
     assert geometry.suggest_k_test(128, RESIZE_RATIO, make_spec("train-fixed", 128).area_range) == 128
 
 
+def test_eq5_is_the_fixed_crops_apparent_size():
+    """Eq. 1-5 on a square image: the crop (any offset: one size) scales objects by K_train / its side; Eq. 5 with
+    TrainFixedDA.area_range gives the same r_test / r_train."""
+    spec = make_spec("train-fixed", 224)
+    _, _, h, w = geometry.source_box(10, 20, 224, 500, 500, spec.resize_short)  # the window in the image's pixels
+    for k_test in (160, 224, 288):
+        measured = geometry.apparent_size_ratio(h, w, 500, 500, 224, make_spec("test", k_test).resize_short)
+        eq5 = geometry.expected_apparent_size_ratio(224, k_test, RESIZE_RATIO, spec.area_range)
+        assert measured == pytest.approx(eq5, rel=0.01) and (eq5 == pytest.approx(1, abs=0.01)) == (k_test == 224)
+
+
 @pytest.mark.parametrize("bad,words", [
     (dict(resize_ratio=0.9), "must be at least 1"),
     (dict(resize_ratio=True), "must be at least 1"),
@@ -194,7 +205,7 @@ def test_the_torch_gpu_path_applies_the_same_window(photos):
 
 # --- training with it -----------------------------------------------------------------------------------------
 
-def test_train_with_train_fixed_runs_and_records_it(tmp_path):
+def test_train_and_adapt_with_train_fixed(tmp_path):
     from fixres_fast import checkpoint
     from fixres_fast.cli import main
     from fixres_fast.convert import ConvertConfig, convert
@@ -209,3 +220,8 @@ def test_train_with_train_fixed_runs_and_records_it(tmp_path):
     assert res.exit_code == 0, res.output
     meta = checkpoint.meta_of(checkpoint.load(tmp_path / "run" / "last.pt"))
     assert meta.train_da == make_spec("train-fixed", 32) and meta.k_train == 32
+    res = CliRunner().invoke(main, ["adapt", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--test-res", "48",
+                                    "--aug", "train-fixed", "--epochs", "1", "--batch-size", "8", "--backend", "torch",
+                                    "--device", "cpu", "--workers", "1", "--out", str(tmp_path / "adapted.pt")])
+    assert res.exit_code == 0, res.output
+    assert checkpoint.meta_of(checkpoint.load(tmp_path / "adapted.pt")).adapted("aug") == "train-fixed"

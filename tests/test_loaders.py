@@ -309,7 +309,7 @@ def _reference_and_reduced(spec, photo, seed):
     return ref, got, im.size
 
 
-@pytest.mark.parametrize("mode", ["test", "test2", "train"])
+@pytest.mark.parametrize("mode", ["test", "test2", "train", "train-fixed"])
 def test_reduced_decode_agrees_with_full_decode(photos, mode):
     from PIL import Image
 
