@@ -4,10 +4,10 @@ One process per device. ``train(cfg)`` joins the process group torchrun set up (
 the model and the loaders, and runs the epochs; after each it evaluates at the epoch's train resolution
 (and at ``eval_res``), appends a line to ``metrics.jsonl`` and writes ``last.pt`` (and ``best.pt``)
 atomically. K_train may change over the epochs (``spec.ResolutionSchedule``, progressive resizing): each epoch
-trains at its own, and a checkpoint records the K_train of the last epoch it trained. SIGTERM or Ctrl-C writes a resumable checkpoint (with the interrupted epoch's sums so far,
-so that its metrics line still covers the whole epoch) and the CLI exits 143 or 130, as a job killed by
-the signal would; ``resume=True`` continues from it exactly; a non-finite loss stops the run and leaves
-the last good checkpoint untouched.
+trains at its own, and a checkpoint records the K_train of the last epoch it trained. SIGTERM or Ctrl-C writes a
+resumable checkpoint (with the interrupted epoch's sums so far, so that its metrics line still covers the whole
+epoch) and the CLI exits 143 or 130, as a job killed by the signal would; ``resume=True`` continues from it
+exactly; a non-finite loss stops the run and leaves the last good checkpoint untouched.
 """
 from __future__ import annotations
 
