@@ -22,7 +22,7 @@ from .loaders.common import ON_CORRUPT
 from .models import TUNE
 from .profile import ProfileConfig
 from .runtime import AMP, parse_resolutions
-from .spec import ADAPT_EPOCHS_STREAMED, FINETUNE_EPOCHS, INTERPOLATIONS, MODES, RESIZE_RATIO, SCHEDULES, Recipe
+from .spec import ADAPT_EPOCHS_STREAMED, FINETUNE_EPOCHS, INTERPOLATIONS, MODES, RESIZE_RATIO, SCHEDULES, Recipe, parse_res
 from .train import TrainConfig
 
 
@@ -271,8 +271,11 @@ def run_options(fn):
 @click.option("--out", default=default_of(TrainConfig, "out"), type=click.Path(file_okay=False),
               help="Checkpoints (last.pt, best.pt) and metrics.jsonl.")
 @click.option("--arch", default=default_of(TrainConfig, "arch"), help="Model name from torchvision, else timm.")
-@click.option("--res", "k_train", default=default_of(TrainConfig, "k_train"),
-              help="K_train: the train resolution (train DA's RandomResizedCrop output).")
+@click.option("--res", "k_train", type=str, default=default_of(TrainConfig, "k_train"),
+              help="K_train: the train resolution (train DA's RandomResizedCrop output); or progressive resizing, "
+                   "MIN:MAX@START-END, as FFCV's ImageNet example does it: e.g. 160:192@65-76 trains at 160 up to epoch "
+                   "65, at 192 from epoch 76, on a linear ramp rounded to multiples of 32 between (epochs count from "
+                   "0). A checkpoint records the K_train of the last epoch it trained.")
 @click.option("--gpus", default=1, help="Processes on this machine, one per GPU (gloo CPU processes with --device cpu); "
               "runs the same command under torchrun. On several nodes, call torchrun yourself.")
 @run_options
@@ -283,7 +286,8 @@ def run_options(fn):
 @click.option("--momentum", default=default_of(Recipe, "momentum"))
 @click.option("--weight-decay", default=default_of(Recipe, "weight_decay"))
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=default_of(Recipe, "schedule"),
-              help="step: lr/10 every --step-epochs.")
+              help="After the warm-up: step (lr/10 every --step-epochs), cosine (to 0), or linear (to 0 at the "
+                   "last epoch's end; with --warmup-epochs 2, FFCV's ImageNet example's triangular schedule).")
 @click.option("--step-epochs", default=default_of(Recipe, "step_epochs"))
 @click.option("--warmup-epochs", default=default_of(Recipe, "warmup_epochs"), help="Linear warm-up from 0.")
 @click.option("--label-smoothing", default=default_of(Recipe, "label_smoothing"))
@@ -307,13 +311,15 @@ def train(gpus, compile_, eval_res, **opts):
     30 epochs, 120 epochs, repeated augmentation x3, train DA), channels-last and mixed precision.
 
     Training at a low resolution is cheaper; `fixres-fast adapt` then fixes the model for a higher
-    test resolution. After each epoch the model is evaluated at K_train (and --eval-res).
+    test resolution. After each epoch the model is evaluated at the epoch's K_train (and --eval-res);
+    metrics.jsonl records each epoch's K_train.
     """
     import sys
 
     from .distributed import relaunch_under_torchrun
     from .train import train as run
 
+    opts["k_train"] = parse_res(opts["k_train"])  # a bad schedule is one line, before any process is started
     if gpus > 1 and "WORLD_SIZE" not in os.environ:
         args = sys.argv[1:]
         i = next(k for k, a in enumerate(args) if a == "--gpus" or a.startswith("--gpus="))

@@ -208,8 +208,11 @@ def make_spec(mode: str, res: int, **overrides):
 
 # --- The training and fine-tuning recipes (Sec. 5, "Training protocol") -----------------------------
 
-#: Learning-rate schedules after the warm-up (Recipe.schedule): x0.1 every step_epochs, or a cosine to 0.
-SCHEDULES = ("step", "cosine")
+#: Learning-rate schedules after the warm-up (Recipe.schedule): x0.1 every step_epochs, a cosine to 0, or a straight
+#: line to 0 at the last epoch's end (with a warm-up, the triangle of FFCV's ImageNet example: its 'cyclic' schedule).
+SCHEDULES = ("step", "cosine", "linear")
+#: The schedules whose curve depends on Recipe.epochs (extending such a run is not resuming it).
+SCHEDULES_BY_EPOCHS = ("cosine", "linear")
 #: Reference batch of the learning-rate rules: lr = BASE_LR * B / LR_BATCH (Goyal et al.).
 BASE_LR, LR_BATCH = 0.1, 256
 #: Fine-tuning at the test resolution: "the initial learning rate is 0.008 same decay, B = 512, 60 epochs".
@@ -226,7 +229,7 @@ class Recipe:
     lr: float | None = None  # None: BASE_LR * batch_size / LR_BATCH
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    schedule: str = "step"  # 'step' (x0.1 every step_epochs) or 'cosine'
+    schedule: str = "step"  # 'step' (x0.1 every step_epochs), 'cosine' or 'linear' (SCHEDULES)
     step_epochs: int = 30
     warmup_epochs: float = 0.0  # linear warm-up from 0
     label_smoothing: float = 0.0
@@ -238,12 +241,15 @@ class Recipe:
         return self.lr if self.lr is not None else BASE_LR * self.batch_size / LR_BATCH
 
     def lr_at(self, epoch: float) -> float:
-        """Learning rate at a fractional epoch: warm-up, then step (x0.1 every step_epochs) or cosine."""
+        """Learning rate at a fractional epoch: warm-up, then step (x0.1 every step_epochs), cosine, or linear (from
+        base_lr at the warm-up's end to 0 at ``epochs``)."""
         base = self.base_lr
         if epoch < self.warmup_epochs:
             return base * epoch / self.warmup_epochs
         if self.schedule == "cosine":
             return 0.5 * base * (1 + math.cos(math.pi * min(epoch / self.epochs, 1.0)))
+        if self.schedule == "linear":
+            return base * max(0.0, (self.epochs - epoch) / (self.epochs - self.warmup_epochs))
         return base * 0.1 ** int(epoch // self.step_epochs)
 
 #: Adaptation epochs when every epoch streams through the frozen trunk (test DA2, train DA, or a cache too
@@ -269,3 +275,80 @@ def finetune_recipe(epochs: int = FINETUNE_EPOCHS, batch_size: int = FINETUNE_LR
 #: top-1 on. Fewer than AUTO_MIN_HELD_OUT held-out images cannot decide: one image is then more than a point of
 #: top-1, while neighbouring candidates (32 px apart) typically differ by a point or two.
 AUTO_IMAGES, AUTO_HOLDOUT, AUTO_MIN_HELD_OUT = 5000, 0.2, 100
+
+
+# --- Progressive resizing: K_train over the epochs (FFCV's ImageNet example) ---------------------------
+
+#: Inside the ramp, K_train is rounded to a multiple of this many pixels (FFCV's ImageNet example, get_resolution).
+RAMP_STEP = 32
+#: What --res (and a recipe's train.k_train) takes.
+RES_SYNTAX = ("a resolution such as 224, or MIN:MAX@START-END such as 160:192@65-76 (K_train MIN up to epoch START, "
+              "then a linear ramp to MAX at epoch END)")
+
+
+@dataclass(frozen=True)
+class ResolutionSchedule:
+    """Progressive resizing as FFCV's ImageNet example does it (``get_resolution`` of its train_imagenet.py): K_train
+    is ``min_res`` at every epoch up to ``start_ramp``, ``max_res`` from ``end_ramp`` on, and in between the straight
+    line from (start_ramp, min_res) to (end_ramp, max_res), rounded to the nearest multiple of RAMP_STEP, a half to
+    the even multiple (numpy's round). Epochs count from 0, as the trainer's do."""
+
+    min_res: int
+    max_res: int
+    start_ramp: int
+    end_ramp: int
+
+    def __post_init__(self):
+        values = (self.min_res, self.max_res, self.start_ramp, self.end_ramp)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise UserError(f"a resolution schedule takes whole numbers, got {values}; expected {RES_SYNTAX}")
+        if self.min_res <= 0:
+            raise UserError(f"--res {self}: MIN must be a positive number of pixels; expected {RES_SYNTAX}")
+        if self.min_res > self.max_res:
+            raise UserError(f"--res {self}: MIN {self.min_res} is above MAX {self.max_res} (the ramp grows K_train); "
+                            f"expected {RES_SYNTAX}")
+        if self.start_ramp < 0 or self.start_ramp > self.end_ramp:
+            raise UserError(f"--res {self}: the ramp must start at an epoch >= 0 and not after it ends, got START "
+                            f"{self.start_ramp}, END {self.end_ramp}; expected {RES_SYNTAX}")
+
+    def __str__(self) -> str:
+        return f"{self.min_res}:{self.max_res}@{self.start_ramp}-{self.end_ramp}"
+
+    def k_train_at(self, epoch: int) -> int:
+        """K_train of epoch ``epoch`` (counted from 0)."""
+        if epoch <= self.start_ramp:
+            return self.min_res
+        if epoch >= self.end_ramp:
+            return self.max_res
+        slope = (self.max_res - self.min_res) / (self.end_ramp - self.start_ramp)
+        return round((slope * (epoch - self.start_ramp) + self.min_res) / RAMP_STEP) * RAMP_STEP  # a half to even
+
+
+def parse_res(text, option: str = "--res") -> int | ResolutionSchedule:
+    """--res's text (or a recipe's train.k_train): one resolution as an int, or MIN:MAX@START-END as a
+    :class:`ResolutionSchedule`; a one-line UserError pointing at the syntax for anything else."""
+    text = str(text).strip()
+    res, _, ramp = text.partition("@")
+    low, colon, high = res.partition(":")
+    start, dash, end = ramp.partition("-")
+    numbers = (low, high, start, end) if colon else (low,)
+    if not all(x.strip().isascii() and x.strip().isdigit() for x in numbers) or bool(colon) != bool(ramp) or (ramp and not dash):
+        raise UserError(f"{option} {text!r}: expected {RES_SYNTAX}")
+    if not colon:
+        if int(low) <= 0:
+            raise UserError(f"{option} {text}: a resolution must be a positive number of pixels; expected {RES_SYNTAX}")
+        return int(low)
+    try:
+        return ResolutionSchedule(*map(int, numbers))
+    except UserError as e:
+        raise UserError(str(e).replace("--res", option, 1)) from None
+
+
+def k_train_at(k_train: int | ResolutionSchedule, epoch: int) -> int:
+    """K_train of epoch ``epoch``: ``k_train`` itself, or its schedule's at that epoch."""
+    return k_train.k_train_at(epoch) if isinstance(k_train, ResolutionSchedule) else k_train
+
+
+def k_trains(k_train: int | ResolutionSchedule, epochs: int) -> tuple[int, ...]:
+    """Every K_train that epochs 0 .. epochs - 1 train at, in order, once each."""
+    return tuple(dict.fromkeys(k_train_at(k_train, e) for e in range(max(epochs, 1))))

@@ -1,12 +1,13 @@
 """Training at K_train: channels-last, mixed precision, the paper's recipe, torch.distributed.
 
 One process per device. ``train(cfg)`` joins the process group torchrun set up (if any), builds
-the model and the loaders, and runs the epochs; after each it evaluates at the train resolution
+the model and the loaders, and runs the epochs; after each it evaluates at the epoch's train resolution
 (and at ``eval_res``), appends a line to ``metrics.jsonl`` and writes ``last.pt`` (and ``best.pt``)
-atomically. SIGTERM or Ctrl-C writes a resumable checkpoint (with the interrupted epoch's sums so far,
-so that its metrics line still covers the whole epoch) and the CLI exits 143 or 130, as a job killed by
-the signal would; ``resume=True`` continues from it exactly; a non-finite loss stops the run and leaves
-the last good checkpoint untouched.
+atomically. K_train may change over the epochs (``spec.ResolutionSchedule``, progressive resizing): each epoch
+trains at its own, and a checkpoint records the K_train of the last epoch it trained. SIGTERM or Ctrl-C writes a
+resumable checkpoint (with the interrupted epoch's sums so far, so that its metrics line still covers the whole
+epoch) and the CLI exits 143 or 130, as a job killed by the signal would; ``resume=True`` continues from it
+exactly; a non-finite loss stops the run and leaves the last good checkpoint untouched.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from .engine import evaluate_loader, train_step
 from .models import build_model
 from .seeds import Stream, seed_for
 from .runtime import amp_dtype, resolve_device
-from .spec import SCHEDULES, Recipe, TestDA, make_spec
+from .spec import SCHEDULES, SCHEDULES_BY_EPOCHS, Recipe, ResolutionSchedule, TestDA, k_train_at, k_trains, make_spec
 
 CHECK_EVERY = 20  # steps between checks of the loss and of stop requests (each costs a device sync)
 
@@ -41,7 +42,7 @@ class TrainConfig:
     data: str  # a conversion's OUT folder (or an ImageFolder tree)
     out: str = "runs/train"
     arch: str = "resnet50"
-    k_train: int = 224  # K_train (CLI: --res)
+    k_train: int | ResolutionSchedule = 224  # K_train (CLI: --res), or K_train over the epochs (progressive resizing)
     recipe: Recipe = field(default_factory=Recipe)
     aug: str = "train"  # train DA (paper); 'test', 'test2' or 'train-fixed' (Appendix D) for ablations
     backend: str = "auto"  # dali | ffcv | torch | auto
@@ -69,7 +70,7 @@ class TrainConfig:
 FLAGS = {"k_train": "res"}
 
 #: TrainConfig fields that say how a run executes, not what it learns: --resume may change them freely.
-#: (recipe.epochs too, unless the schedule is cosine, whose curve depends on it: extending a run is resuming.)
+#: (recipe.epochs too, unless the lr schedule's curve depends on it, SCHEDULES_BY_EPOCHS: extending a run is resuming.)
 RESUME_NEUTRAL = ("out", "resume", "resume_changed", "workers", "tensorboard", "device", "backend", "amp", "compile",
                   "eval_res")
 
@@ -107,13 +108,15 @@ class _StopRequest:
 
 def _check(cfg: TrainConfig, d: Dist) -> None:
     r = cfg.recipe
-    if cfg.k_train <= 0 or any(x <= 0 for x in cfg.eval_res):
+    ks = k_trains(cfg.k_train, r.epochs)  # every K_train an epoch trains at
+    if any(x <= 0 for x in (*ks, *cfg.eval_res)):
         raise UserError(f"resolutions must be positive numbers of pixels, got --res {cfg.k_train} --eval-res {cfg.eval_res}")
     if r.batch_size % d.world_size:
         raise UserError(f"--batch-size {r.batch_size} (over all processes) must divide by the {d.world_size} processes")
     if r.schedule not in SCHEDULES:
         raise UserError(f"unknown --schedule {r.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    check_res(make_spec(cfg.aug, cfg.k_train), cfg.data, "--res")
+    for k in ks:
+        check_res(make_spec(cfg.aug, k), cfg.data, "--res" if k == cfg.k_train else f"--res {cfg.k_train}'s K_train")
     for k in cfg.eval_res:
         check_res(TestDA(k_test=k), cfg.data, "--eval-res")
 
@@ -144,13 +147,14 @@ def pixels(init: dict | None) -> dict:
 
 def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict, data: dict,
              resumed_from: list = (), pix: dict | None = None) -> checkpoint.CheckpointMeta:
-    """What a checkpoint of this run says about itself: also its data set (``data.data_record``) and, where a
-    resume changed settings, the earlier ones (``resumed_from``); ``pix``: :func:`pixels`."""
+    """What a checkpoint of this run says about itself after training (some of) epoch ``epoch``: K_train is that
+    epoch's; also its data set (``data.data_record``) and, where a resume changed settings, the earlier ones
+    (``resumed_from``); ``pix``: :func:`pixels`."""
     pix = pix or {}
+    k = k_train_at(cfg.k_train, epoch)
     return checkpoint.CheckpointMeta(
         arch=cfg.arch, num_classes=len(classes), classes=tuple(classes), data=data, resumed_from=tuple(resumed_from),
-        k_train=cfg.k_train, k_test=cfg.k_train, train_da=make_spec(cfg.aug, cfg.k_train, **pix),
-        test_da=TestDA(k_test=cfg.k_train, **pix),
+        k_train=k, k_test=k, train_da=make_spec(cfg.aug, k, **pix), test_da=TestDA(k_test=k, **pix),
         recipe=cfg.recipe, epoch=epoch, results=results,
         revision=git_revision(), version=__version__)
 
@@ -170,36 +174,59 @@ def _train(cfg: TrainConfig, d: Dist, log) -> dict:
     run = _Run(cfg, d, log)
     results = {}
     try:
-        loaders = _loaders(cfg, d, run.pixels)
-        _check_epoch(loaders["train"], cfg, d)
+        loaders = _Loaders(cfg, d, run.pixels)
         for epoch in range(run.state["epoch"], cfg.recipe.epochs):
-            done = run.epoch(loaders["train"], epoch)
+            k = k_train_at(cfg.k_train, epoch)
+            done = run.epoch(loaders.train(k), epoch, k)
             if not done:  # a stop was requested: the CLI exits with 128 + the signal's number, as a killed job would
                 return {"interrupted": True, "signal": run.stop.signum, "epoch": epoch, "step": run.state["step"]}
             results = {}
-            for res, loader in loaders.items():
-                if res != "train":
-                    top1_top5 = evaluate_loader(run.net, loader, d, run.dtype, f"val @ {res}")[:2]
-                    results[f"top1@{res}"], results[f"top5@{res}"] = top1_top5
-            results.update(epoch=epoch, lr=cfg.recipe.lr_at(epoch), train_loss=done["loss"], train_img_s=done["img_s"])
+            for res in dict.fromkeys((k, *cfg.eval_res)):
+                top1_top5 = evaluate_loader(run.net, loaders.val(res), d, run.dtype, f"val @ {res}")[:2]
+                results[f"top1@{res}"], results[f"top5@{res}"] = top1_top5
+            results.update(epoch=epoch, k_train=k, lr=cfg.recipe.lr_at(epoch), train_loss=done["loss"],
+                           train_img_s=done["img_s"])
             run.end_of_epoch(epoch, results)
     finally:
         run.stop.restore()
     return results
 
 
-def _loaders(cfg: TrainConfig, d: Dist, pix: dict) -> dict:
-    from .loaders import LoaderConfig, make_loader
+class _Loaders:
+    """The train loader at the epoch's K_train and the val loaders at K_train and ``eval_res``, each built when first
+    asked for and kept while asked for again (a schedule's K_train only grows: a loader it has left is dropped)."""
 
-    backend = backend_for(cfg.backend, d.device, cfg.data)
-    per_proc = cfg.recipe.batch_size // d.world_size
-    common = LoaderConfig(batch_size=per_proc, device=str(d.device), rank=d.rank, world_size=d.world_size,
-                          seed=cfg.seed, workers=cfg.workers, on_corrupt=cfg.on_corrupt)
-    loaders = {"train": make_loader(backend, make_spec(cfg.aug, cfg.k_train, **pix), cfg.data, "train",
-                                    replace(common, repeats=cfg.recipe.repeats, training=True))}
-    for res in dict.fromkeys((cfg.k_train, *cfg.eval_res)):
-        loaders[res] = make_loader(backend, TestDA(k_test=res, **pix), cfg.data, "val", replace(common, training=False))
-    return loaders
+    def __init__(self, cfg: TrainConfig, d: Dist, pix: dict):
+        from .loaders import LoaderConfig
+
+        self.cfg, self.d, self.pix = cfg, d, pix
+        self.backend = backend_for(cfg.backend, d.device, cfg.data)
+        per_proc = cfg.recipe.batch_size // d.world_size
+        self.common = LoaderConfig(batch_size=per_proc, device=str(d.device), rank=d.rank, world_size=d.world_size,
+                                   seed=cfg.seed, workers=cfg.workers, on_corrupt=cfg.on_corrupt)
+        self.built = {}  # (split, resolution) -> loader
+
+    def train(self, k: int):
+        if ("train", k) not in self.built:
+            self._drop(lambda split, res: split == "train" or res not in (k, *self.cfg.eval_res))
+            self._make("train", k, make_spec(self.cfg.aug, k, **self.pix),
+                       replace(self.common, repeats=self.cfg.recipe.repeats, training=True))
+            _check_epoch(self.built["train", k], self.cfg, self.d)
+        return self.built["train", k]
+
+    def val(self, k: int):
+        if ("val", k) not in self.built:
+            self._make("val", k, TestDA(k_test=k, **self.pix), replace(self.common, training=False))
+        return self.built["val", k]
+
+    def _make(self, split: str, k: int, spec, config) -> None:
+        from .loaders import make_loader
+
+        self.built[split, k] = make_loader(self.backend, spec, self.cfg.data, split, config)
+
+    def _drop(self, unneeded) -> None:
+        for key in [key for key in self.built if unneeded(*key)]:
+            del self.built[key]
 
 
 def initialise(model: nn.Module, cfg: TrainConfig, log, doc: dict | None = None) -> None:
@@ -250,7 +277,7 @@ class _Run:
         self.model = self.model.to(d.device, memory_format=torch.channels_last)
         r = cfg.recipe
         if d.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # one input shape all run long: let cuDNN time its kernels
+            torch.backends.cudnn.benchmark = True  # one input shape per K_train: let cuDNN time its kernels
         self.optimizer = make_optimizer(self.model, r, d.device)
         self.dtype = amp_dtype(cfg.amp, d.device)
         self.scaler = torch.amp.GradScaler(d.device.type) if self.dtype == torch.float16 else None
@@ -264,14 +291,15 @@ class _Run:
             ids = [d.device.index] if d.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:
-            self.net = torch.compile(self.net, dynamic=False)  # training batches all have one shape
+            self.net = torch.compile(self.net, dynamic=False)  # one shape per K_train (a schedule's: one compile each)
         self.stop = _StopRequest()
         self.board = _tensorboard(self.out / "tensorboard") if cfg.tensorboard and d.main else None
 
-    def epoch(self, loader, epoch: int) -> dict | None:
-        """Train one epoch; returns {'loss', 'img_s'} over the whole epoch (a resumed one included: the sums of
+    def epoch(self, loader, epoch: int, k_train: int) -> dict | None:
+        """Train one epoch at ``k_train`` (``loader``'s); returns {'loss', 'img_s'} over the whole epoch (a resumed one included: the sums of
         its steps before the stop are in the state), or None when a stop was requested (checkpoint written)."""
         cfg, d, state = self.cfg, self.d, self.state
+        self.k_train = k_train
         loader.set_epoch(epoch)
         torch.manual_seed(seed_for(cfg.seed, d.rank, epoch, Stream.TRAIN))  # augmentations drawn from torch's RNG
         self.net.train()
@@ -306,7 +334,7 @@ class _Run:
             return train_step(self.net, images, labels, self.optimizer, self.criterion, self.dtype, self.scaler)
         except torch.OutOfMemoryError:
             raise UserError(f"CUDA out of memory at --batch-size {self.cfg.recipe.batch_size} ({labels.shape[0]} "
-                            f"per GPU) and --res {self.cfg.k_train}: lower one of them") from None
+                            f"per GPU) and --res {self.k_train}: lower one of them") from None
 
     def should_stop(self, total: torch.Tensor, epoch: int, i: int, seen: int, seconds: float) -> bool:
         """Check the loss, and stop requests on any process (one sync for both). On a stop, write a checkpoint that
@@ -325,7 +353,7 @@ class _Run:
         return bool(stopping)
 
     def end_of_epoch(self, epoch: int, results: dict) -> None:
-        top1 = results[f"top1@{self.cfg.k_train}"]
+        top1 = results[f"top1@{results['k_train']}"]  # best.pt: the best top-1 at the epoch's own K_train
         is_best = top1 > self.state["best_top1"]
         self.state.update(epoch=epoch + 1, step=0, best_top1=max(top1, self.state["best_top1"]))
         self.save(self.out / "last.pt", epoch, results)
@@ -411,11 +439,14 @@ def resume_changes(old: dict, old_data: dict | None, cfg: TrainConfig, data: dic
     for field_name, flag in FLAGS.items():  # an earlier version's config: the field under the flag's name
         if flag in old and field_name not in old:
             old[field_name] = old.pop(flag)
+    for side in (old, new):  # a resolution schedule (asdict's dict) as the --res text that gives it
+        if isinstance(side.get("k_train"), dict):
+            side["k_train"] = str(ResolutionSchedule(**side["k_train"]))
     old_recipe = old["recipe"] if isinstance(old.get("recipe"), dict) else {}
     new_recipe = new.pop("recipe")
-    cosine = "cosine" in (old_recipe.get("schedule"), new_recipe["schedule"])
+    by_epochs = bool(set(SCHEDULES_BY_EPOCHS) & {old_recipe.get("schedule"), new_recipe["schedule"]})
     pairs = [(k, old[k], v) for k, v in new.items() if k not in RESUME_NEUTRAL + ("data",) and k in old]
-    pairs += [(k, old_recipe[k], v) for k, v in new_recipe.items() if k in old_recipe and (k != "epochs" or cosine)]
+    pairs += [(k, old_recipe[k], v) for k, v in new_recipe.items() if k in old_recipe and (k != "epochs" or by_epochs)]
     old_data = old_data or {"path": os.path.abspath(str(old.get("data", cfg.data))), "manifest_sha256": None}
     pairs.append(("data", old_data["path"], data["path"]))
     if old_data["manifest_sha256"] and old_data["path"] == data["path"]:

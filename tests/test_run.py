@@ -55,14 +55,18 @@ def one_line_error(args):
 
 
 def test_shipped_recipes():
-    assert {"demo", "imagenet-resnet50", "transfer", "pretrained-adapt"} <= set(shipped())
+    assert {"demo", "imagenet-resnet50", "imagenet-resnet50-fast", "transfer", "pretrained-adapt"} <= set(shipped())
     assert "demo, imagenet-resnet50" in one_line_error(["no-such-recipe"])
 
 
 @pytest.mark.parametrize("sets, expected", [
     (["train.epoch=2"], "unknown key train.epoch; allowed: amp, arch, aug, backend, compile, data, "),
     (["train.recipe.epochs=two"], "train.recipe.epochs: expected an integer, got 'two'"),
-    (["train.k_train=[32, 48.5]"], "train.k_train: expected an integer or a list of integers, got [32, 48.5]"),
+    (["train.k_train=[32, 48.5]"], 'train.k_train: expected a resolution such as 224, a schedule such as "160:192@65-76", '
+                                   "or a list of them, got [32, 48.5]"),
+    (['train.k_train=["32:16@0-1"]'], "train.k_train 32:16@0-1: MIN 32 is above MAX 16 (the ramp grows K_train); "
+                                      "expected a resolution such as 224, or MIN:MAX@START-END"),
+    (['analyze.k_train=["32:64@0-1"]'], "analyze.k_train: no network is trained at 32:64@0-1 (train.k_train: 32, 64)"),
     (["adapt.k_test=best"], "adapt.k_test: expected a list of test resolutions such as [224, 288], or 'auto'"),
     (["evaluate.ensembles={128 = [256, 192]}"], "evaluate.ensembles.128: no network 128 (the networks: 32, 64)"),
     (["analyze.k_train=[128]"], "analyze.k_train: no network is trained at 128"),
@@ -210,6 +214,36 @@ def test_imagenet_resnet50_recipe_at_a_small_size(tmp_path):
     assert {(r["adapted_at"], r["res"]) for r in rows} == {(a, k) for a in (None, 48, 64) for k in ("32", "48", "64", "64+48")}
     report = (out / "report.md").read_text()
     assert "| 32 | " in report and "64+48" in report and "train 32 + adapt at 48:" in report
+
+
+def test_imagenet_resnet50_fast_recipe_at_a_small_size(tmp_path):
+    """FFCV's 88-epoch schedule, unchanged but for sizes: progressive resizing (K_train 32, then 64), the linear lr
+    after a warm-up, label smoothing, eval at a higher resolution; adapted at two K_test; the network named by its
+    schedule in every selector, folder and the report."""
+    imagenet = tmp_path / "imagenet"
+    imagesets.imagenet_tree(imagenet)
+    out = tmp_path / "out"
+    sets = CPU + [f"convert.imagenet.src={imagenet}", "convert.imagenet.shards=1", "train.arch=fixres_cnn",
+                  'train.k_train=["32:64@0-1"]', "train.eval_res=[80]", "train.recipe.epochs=2",
+                  "train.recipe.batch_size=8", "train.recipe.lr=0.02", "train.recipe.warmup_epochs=1",
+                  "adapt.k_test=[64, 80]", "adapt.epochs=1", "adapt.batch_size=8", "evaluate.k_test=[32, 64, 80]",
+                  'evaluate.ensembles={"32:64@0-1" = [80, 64]}', 'analyze.k_train=["32:64@0-1"]',
+                  "analyze.k_test=[32, 80]", "analyze.limit=4"]
+    summary = run("imagenet-resnet50-fast", sets, str(out), log=quiet)
+    net = "32to64_e0-1"
+    assert [s for s, _, _ in summary["plan"]] == ["convert/imagenet", f"train/{net}", f"adapt/{net}-64",
+                                                  f"adapt/{net}-80", f"evaluate/{net}", f"analyze/{net}", "report"]
+    epochs = [json.loads(line) for line in (out / "train" / net / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["k_train"], sorted(k for k in r if k.startswith("top1@"))) for r in epochs] == [
+        (32, ["top1@32", "top1@80"]), (64, ["top1@64", "top1@80"])]
+    trained = json.loads((out / "train" / net / "stage.json").read_text())["result"]
+    assert (trained["k_train"], trained["res"]) == (64, "32:64@0-1")
+    rows = json.loads((out / "evaluate" / net / "evaluate.json").read_text())["rows"]
+    assert {r["train_res"] for r in rows} == {64}  # the last epoch's K_train, also in the adapted checkpoints
+    assert {(r["adapted_at"], r["res"]) for r in rows} == {(a, k) for a in (None, 64, 80) for k in ("32", "64", "80",
+                                                                                                   "80+64")}
+    report = (out / "report.md").read_text()
+    assert "| 32:64@0-1 (last K_train 64) | " in report and "train 32:64@0-1, adapted at 80, test 80:" in report
 
 
 def test_transfer_recipe_at_a_small_size(tmp_path):

@@ -51,9 +51,18 @@ class Results:
         return sorted({int(r["res"]) for rows in self.rows.values() for r in rows if r["res"].isdigit()})
 
 
+def _schedule(res: Results, net: str) -> str | None:
+    """The resolution schedule (MIN:MAX@START-END) network ``net`` was trained with, as its train stage recorded it."""
+    doc = res.stages.get(f"train/{net}") or {}
+    return (doc.get("result") or {}).get("res")
+
+
 def _label(res: Results, net: str) -> str:
     rows = res.rows.get(net) or [{}]
-    return f"pretrained (K_train {rows[0].get('train_res', '?')})" if net == "pretrained" else net
+    if net == "pretrained":
+        return f"pretrained (K_train {rows[0].get('train_res', '?')})"
+    schedule = _schedule(res, net)
+    return f"{schedule} (last K_train {rows[0].get('train_res', '?')})" if schedule else net
 
 
 def table5(res: Results) -> list[str]:
@@ -113,7 +122,8 @@ def summary_lines(res: Results) -> list[str]:
     for net in res.networks:
         k1 = net if net.isdigit() else (res.rows[net][0]["train_res"] if res.rows.get(net) else None)
         for k2 in res.adapted_at(net):
-            name = f"train {k1}" if net.isdigit() else f"pretrained ({k1})"
+            schedule = _schedule(res, net)
+            name = f"train {k1}" if net.isdigit() else f"train {schedule}" if schedule else f"pretrained ({k1})"
             lines += ["", f"== FixRes: {name}, adapted at {k2} (val top-1)", *_aligned(_pair(res, net, name, k1, k2))]
     return lines
 
@@ -133,13 +143,14 @@ def _pair(res: Results, net: str, name: str, k1, k2: int) -> list[tuple[str, flo
         share = f" = {100 * ta / t1:.1f}% of training" if ta and t1 else ""
         out.append((f"{name}, adapted at {k2}, test {k2}", fixed["top1"], f"adaptation {ta:.1f} s{share}" if ta else ""))
     other, t2 = res.row(str(k2), k2), res.seconds(f"train/{k2}")
-    if net.isdigit() and other and int(net) != k2:
+    if net != "pretrained" and other and net != str(k2):
+        run = f"K_train={net}" if net.isdigit() else name
         out.append((f"train {k2}, test {k2}", other["top1"],
-                    f"training {t2:.0f} s, {t2 / t1:.1f}x the K_train={net} run" if t1 and t2 else ""))
+                    f"training {t2:.0f} s, {t2 / t1:.1f}x the {run} run" if t1 and t2 else ""))
         if fixed and t1 and t2 and ta:
             resumed = [s for s in (f"train/{net}", stage, f"train/{k2}") if res.stages[s].get("resumed")]
             note = f" (resumed, so timed over their last attempt only: {', '.join(resumed)})" if resumed else ""
-            out.append((f"train {net} + adapt at {k2}: {100 * (t1 + ta) / t2:.0f}% of the time of train {k2}, "
+            out.append((f"{name} + adapt at {k2}: {100 * (t1 + ta) / t2:.0f}% of the time of train {k2}, "
                         f"{fixed['top1'] - other['top1']:+.2f} points{note}", None, ""))
     return out
 

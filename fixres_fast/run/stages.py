@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..evaluate import EvalConfig
 from ..export import ExportConfig
 from ..pretrained import Pretrained
+from ..spec import ResolutionSchedule, k_train_at, parse_res
 from ..train import TrainConfig
 
 OWN_CONVERT = {"sample": str, "train_images": int, "val_images": int, "size": int, "verify": bool}
@@ -104,15 +105,44 @@ def networks(b) -> None:
         return
     if train is None:
         return
-    own = {"k_train": int | list[int], "data": str, "init": str}
+    own = {"k_train": object, "data": str, "init": str}  # k_train: checked by _k_trains
     raw = b.merged(train, TrainConfig)
     tab = recipes.check_table(raw, TrainConfig, "train", own, exclude=("out", "resume", "resume_changed"))
     data, deps = b.data(tab.pop("data", None), "train")
-    ks = tab.pop("k_train", TrainConfig.k_train)
+    ks = _k_trains(tab.pop("k_train", TrainConfig.k_train), "train.k_train")
     weights = {"init_sha256": _sha256(tab["init"])} if tab.get("init") else {}
-    for k in [ks] if isinstance(ks, int) else ks:
-        b.add(f"train/{k}", {**raw, "k_train": k, **weights}, deps, _train_action(tab, k, data), continues=True)
-        b.networks[str(k)] = Network(str(k), str(b.out / "train" / str(k) / "last.pt"), data, (f"train/{k}",), [])
+    for k in ks:
+        name = network_name(k)
+        b.add(f"train/{name}", {**raw, "k_train": str(k) if isinstance(k, ResolutionSchedule) else k, **weights}, deps,
+              _train_action(tab, k, data), continues=True)
+        b.networks[name] = Network(name, str(b.out / "train" / name / "last.pt"), data, (f"train/{name}",), [])
+
+
+def network_name(k: int | ResolutionSchedule) -> str:
+    """The name of the network trained at ``k`` (its stages' folders): K_train itself, or for a resolution schedule
+    MIN:MAX@START-END the folder name MINtoMAX_eSTART-END (160:192@65-76: 160to192_e65-76; no ':' or '@', which
+    shells, URLs and some file systems treat specially)."""
+    if isinstance(k, ResolutionSchedule):
+        return f"{k.min_res}to{k.max_res}_e{k.start_ramp}-{k.end_ramp}"
+    return str(k)
+
+
+def _k_trains(value, where: str) -> list:
+    """A recipe's K_train value (one, or a list) as ints and ResolutionSchedules: each a resolution such as 224 or a
+    schedule's text such as "160:192@65-76"."""
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in values):
+        raise UserError(f"{where}: expected a resolution such as 224, a schedule such as \"160:192@65-76\", or a list "
+                        f"of them, got {value!r}")
+    return [parse_res(v, where) for v in values]
+
+
+def _network_key(key: str) -> str:
+    """A network named in a recipe's table key (evaluate.ensembles): its name, its K_train, or its schedule's text."""
+    try:
+        return network_name(parse_res(key))
+    except UserError:
+        return key
 
 
 def _sha256(path: str) -> str | None:
@@ -137,7 +167,10 @@ def _train_action(tab: dict, k: int, data: str):
         result = train(cfg, log=log)
         if result.get("interrupted"):
             raise Interrupted(result["signal"])
-        return {"job": _plain(asdict(cfg)), "checkpoint": "last.pt", "k_train": k, "resumed_from_last_pt": resume}
+        final = k_train_at(k, cfg.recipe.epochs - 1)  # the checkpoint's K_train: its last epoch's
+        schedule = {"res": str(k)} if isinstance(k, ResolutionSchedule) else {}
+        return {"job": _plain(asdict(cfg)), "checkpoint": "last.pt", "k_train": final, **schedule,
+                "resumed_from_last_pt": resume}
     return action
 
 
@@ -147,15 +180,16 @@ def _net_config(b, net) -> dict:
 
 
 def _select(b, table: dict, where: str) -> list:
-    """The networks a stage applies to: those trained at ``k_train`` (a list), or all."""
+    """The networks a stage applies to: those trained at ``k_train`` (a list of K_train or schedules), or all."""
     ks = table.pop("k_train", None)
     if ks is None:
         return list(b.networks.values())
-    missing = [k for k in ks if str(k) not in b.networks]
+    names = [network_name(k) for k in _k_trains(ks, f"{where}.k_train")]
+    missing = [k for n, k in zip(names, ks if isinstance(ks, list) else [ks]) if n not in b.networks]
     if missing:
         raise UserError(f"{where}.k_train: no network is trained at {missing[0]} (train.k_train: "
                         f"{', '.join(b.networks) or 'none'})")
-    return [b.networks[str(k)] for k in ks]
+    return [b.networks[n] for n in names]
 
 
 def adapts(b) -> None:
@@ -163,7 +197,7 @@ def adapts(b) -> None:
     t = b.table("adapt")
     if t is None:
         return
-    own = {"k_test": list[int] | str, "k_train": list[int], "data": str}
+    own = {"k_test": list[int] | str, "k_train": object, "data": str}  # k_train: checked by _select
     raw = b.merged(t, AdaptConfig)
     tab = recipes.check_table(raw, AdaptConfig, "adapt", own, exclude=("checkpoint", "out"))
     ks = tab.pop("k_test", None)
@@ -197,7 +231,7 @@ def evaluates(b) -> None:
     raw = b.merged(t, EvalConfig)
     tab = recipes.check_table(raw, EvalConfig, "evaluate", {"ensembles": dict[str, list[int]], "data": str},
                               exclude=("checkpoints",))
-    ensembles = tab.pop("ensembles", {})
+    ensembles = {_network_key(k): v for k, v in tab.pop("ensembles", {}).items()}
     unknown = [k for k in ensembles if k not in b.networks]
     if unknown:
         raise UserError(f"evaluate.ensembles.{unknown[0]}: no network {unknown[0]} (the networks: "
@@ -227,7 +261,7 @@ def analyses(b) -> None:
     if t is None:
         return
     raw = b.merged(t, ActivationsConfig)
-    tab = recipes.check_table(raw, ActivationsConfig, "analyze", {"k_train": list[int], "data": str},
+    tab = recipes.check_table(raw, ActivationsConfig, "analyze", {"k_train": object, "data": str},
                               exclude=("checkpoints",))
     data_key = tab.pop("data", None)
     for net in _select(b, tab, "analyze"):
