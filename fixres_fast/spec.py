@@ -249,7 +249,7 @@ class Recipe:
         if self.schedule == "cosine":
             return 0.5 * base * (1 + math.cos(math.pi * min(epoch / self.epochs, 1.0)))
         if self.schedule == "linear":
-            return base * max(0.0, (self.epochs - epoch) / (self.epochs - self.warmup_epochs))
+            return base * max(0.0, (self.epochs - epoch) / max(self.epochs - self.warmup_epochs, 1e-9))
         return base * 0.1 ** int(epoch // self.step_epochs)
 
 #: Adaptation epochs when every epoch streams through the frozen trunk (test DA2, train DA, or a cache too
