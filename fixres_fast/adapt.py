@@ -40,7 +40,7 @@ from .spec import (AREA_RANGE, AUTO_HOLDOUT, AUTO_IMAGES, AUTO_MIN_HELD_OUT, FIN
                    finetune_recipe, make_spec)
 from .runtime import amp_dtype, resolve_device
 
-AUGS, METHODS, BN_SCOPES = ("test", "test2", "train"), ("finetune", "frechet"), ("last", "all")
+AUGS, METHODS, BN_SCOPES = ("test", "test2", "train", "train-fixed"), ("finetune", "frechet"), ("last", "all")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class AdaptConfig:
     classes_map: str | None = None  # a file mapping the records' classes onto the model's (data.read_classes_map)
     tune: str = "bn+fc"  # fc | bn+fc | bn-stats | last-stage
     bn_scope: str = "last"  # bn-stats: 'last' BN before pooling, or 'all'
-    aug: str = "test"  # fine-tuning augmentation: test DA (paper), test2 (test DA2) or train DA
+    aug: str = "test"  # fine-tuning augmentation: test DA (paper), test2 (test DA2), train DA or train-fixed
     method: str = "finetune"  # or 'frechet' (Appendix A.1)
     epochs: int | None = None  # None: the paper's 60 where the trunk is cached, else 10 (spec.adapt_epochs)
     batch_size: int = FINETUNE_LR_BATCH  # B (paper: 512)

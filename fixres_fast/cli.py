@@ -289,7 +289,7 @@ def run_options(fn):
 @click.option("--label-smoothing", default=default_of(Recipe, "label_smoothing"))
 @click.option("--no-bn-weight-decay", is_flag=True, help="No weight decay on BatchNorm parameters and biases.")
 @click.option("--repeats", default=default_of(Recipe, "repeats"), help="Repeated augmentation: copies of each image per epoch (paper: 3).")
-@click.option("--aug", type=click.Choice(list(MODES)), default=default_of(TrainConfig, "aug"), help="Train DA (paper), or test DA / DA2.")
+@click.option("--aug", type=click.Choice(list(MODES)), default=default_of(TrainConfig, "aug"), help="Train DA (paper), test DA / DA2, or train-fixed (Appendix D: resize, then a fixed-size random crop).")
 @click.option("--eval-res", default=default_of(TrainConfig, "eval_res"), show_default=False,
               help="Further test resolutions to evaluate after each epoch, e.g. 224,288 [default: none].")
 @click.option("--init", type=click.Path(dir_okay=False), default=None,
@@ -548,7 +548,7 @@ def _test_res(text: str) -> int | None:
                    "BN's running statistics (no labels); or the layers at the final feature-map size and the classifier.")
 @click.option("--bn-scope", type=click.Choice(BN_SCOPES), default=default_of(AdaptConfig, "bn_scope"), help="--tune bn-stats: the last BN, or every BN.")
 @click.option("--aug", type=click.Choice(AUGS), default=default_of(AdaptConfig, "aug"),
-              help="Fine-tuning DA: test DA (paper; the frozen trunk then runs once), test DA2, or train DA.")
+              help="Fine-tuning DA: test DA (paper; the frozen trunk then runs once), test DA2, train DA, or train-fixed.")
 @click.option("--method", type=click.Choice(METHODS), default=default_of(AdaptConfig, "method"),
               help="frechet: the supplement's equalisation of the pooled activations (Fréchet fit, xi = 0.3).")
 @click.option("--epochs", type=int, default=default_of(AdaptConfig, "epochs"),

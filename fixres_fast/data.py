@@ -179,14 +179,15 @@ def check_res(spec, data: str | Path, option: str = "--res") -> int:
     stored long side (``--max-side``); train DA resizes a RoC, a region of the stored image, to K_train, so
     K_train must not exceed it either (a RoC is at most as wide as the image). No JPEG is larger than
     JPEG_MAX_SIDE, so that bound holds for ImageFolder trees too. ``option`` names the resolution's option."""
-    from .spec import TestDA
+    from .spec import TestDA, TrainFixedDA
 
     k = spec.size
     if k <= 0:
         raise UserError(f"{option} must be a positive number of pixels, got {k}")
-    if isinstance(spec, TestDA):
+    if isinstance(spec, (TestDA, TrainFixedDA)):  # train-fixed resizes the short side as test DA does
         need, ratio = spec.resize_short, spec.resize_ratio
-        what = f"{option} {k} resizes images to a short side of K_test^image = {need} px"
+        short = "K_test^image" if isinstance(spec, TestDA) else "K_train x resize ratio"
+        what = f"{option} {k} resizes images to a short side of {short} = {need} px"
     else:
         need, ratio = k, 1.0
         what = f"{option} {k} resizes a region of each image to K_train = {k} px"

@@ -13,6 +13,9 @@ come from numba's generator, which :func:`seed` seeds (``np.random.seed`` does n
   that crop back to the input image for code that crops first and resizes second.
 * Test DA2: the same resize, then the crop's left edge at ``round(position * slack)`` with
   ``position ~ U(da2_position_range(shift))``; it stays vertically centred.
+* Train-fixed (Appendix D, Table 9): test DA's resize (of the short side to K_train * resize_ratio), then the
+  K_train window at a top and left each uniform over every integer offset (:func:`drawn_fixed_window`,
+  torchvision's ``RandomCrop``); its Eq. 5 has a fixed sigma = 1 / resize_ratio (``TrainFixedDA.area_range``).
 * Appendix B: candidate test resolutions are multiples of :data:`RESOLUTION_STEP`.
 """
 from __future__ import annotations
@@ -140,6 +143,22 @@ def drawn_test_window(height, width, k_test, resize_short, position_lo, position
     """:func:`test_window` at ``position ~ U(position_lo, position_hi)`` (numba's generator, see :func:`seed`);
     (0.5, 0.5) is test DA, :func:`da2_position_range` test DA2."""
     return test_window(height, width, k_test, resize_short, np.random.uniform(position_lo, position_hi))
+
+
+@jit
+def random_crop_offsets(resized_h, resized_w, k):
+    """(top, left) of a ``k`` x ``k`` crop of a ``resized_h`` x ``resized_w`` image, each uniform over every integer
+    offset (0 .. slack, both ends included), top drawn first: torchvision's ``RandomCrop.get_params``."""
+    return np.random.randint(0, resized_h - k + 1), np.random.randint(0, resized_w - k + 1)
+
+
+@jit
+def drawn_fixed_window(height, width, k_train, resize_short):
+    """Train-fixed's :class:`TestWindow` of a ``height`` x ``width`` image: test DA's resize of the short side to
+    ``resize_short``, the ``k_train`` window at :func:`random_crop_offsets` (numba's generator, see :func:`seed`)."""
+    rh, rw = resized_size(height, width, resize_short)
+    top, left = random_crop_offsets(rh, rw, k_train)
+    return TestWindow(rh, rw, top, left)
 
 
 @jit

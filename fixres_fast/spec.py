@@ -107,15 +107,65 @@ class TestDA2(TestDA):
     shift: float = DA2_SHIFT  # 0: centred crop; 1: left edge uniform over all positions the image allows
 
 
-MODES = {"train": TrainDA, "test": TestDA, "test2": TestDA2}
+# --- Train DA without RandomResizedCrop (Appendix D, Table 9) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainFixedDA(Pixels):
+    """Appendix D's train DA: "a Resize followed by a random crop with a fixed size instead of RandomResizedCrop".
+
+    The short side resized to ``resize_short`` (K_train * resize_ratio, floored as test DA's K_test^image: 256 for
+    224), then a K_train x K_train crop whose top and left offsets are each uniform over every integer position the
+    resized image allows (torchvision's ``Resize(256)`` + ``RandomCrop(224)``), horizontal flip, colour jitter. The
+    crop covers what test DA's centre crop covers at the same resolution: objects look as large in training as at
+    test time when K_test = K_train (Eq. 5 with a fixed sigma = 1 / resize_ratio, :attr:`area_range`).
+    """
+
+    k_train: int = 224
+    resize_ratio: float = RESIZE_RATIO  # resized short side / K_train, as test DA's K_test^image / K_test
+    flip: bool = True
+    jitter: float = JITTER
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.k_train, bool) or not isinstance(self.k_train, int) or self.k_train <= 0:
+            raise UserError(f"train-fixed's K_train must be a positive number of pixels, got {self.k_train!r}")
+        if isinstance(self.resize_ratio, bool) or not isinstance(self.resize_ratio, (int, float)) or not self.resize_ratio >= 1:
+            raise UserError(f"train-fixed's resize_ratio (resized short side / K_train) must be at least 1, so that "
+                            f"the K_train crop fits in the resized image (the paper's is 256/224), got {self.resize_ratio!r}")
+
+    @property
+    def size(self) -> int:
+        return self.k_train
+
+    @property
+    def resize_short(self) -> int:
+        """The resized short side in pixels: floor(K_train * resize_ratio) (:func:`k_test_image`)."""
+        return k_test_image(self.k_train, self.resize_ratio)
+
+    @property
+    def area_range(self) -> tuple[float, float]:
+        """sigma^2 of Eq. 5, fixed: the crop's side is 1 / resize_ratio of a square image's side (not a field)."""
+        return (1 / self.resize_ratio ** 2,) * 2
+
+
+MODES = {"train": TrainDA, "test": TestDA, "test2": TestDA2, "train-fixed": TrainFixedDA}
+#: The training modes: a loader shuffles, repeats (RA) and drops the last partial batch for these by default
+#: (LoaderConfig.training), and their resolution is K_train. The others are test DA's, used for fine-tuning too.
+TRAIN_SPECS = (TrainDA, TrainFixedDA)
+
+
+def is_train_da(spec) -> bool:
+    """Whether ``spec`` is a training mode (train DA, or Appendix D's train-fixed): see :data:`TRAIN_SPECS`."""
+    return isinstance(spec, TRAIN_SPECS)
 
 
 def mode_of(spec) -> str:
-    """The mode name ('train', 'test' or 'test2') of a spec object."""
+    """The mode name (a key of :data:`MODES`) of a spec object."""
     for name, cls in MODES.items():
         if type(spec) is cls:
             return name
-    raise ValueError(f"expected a TrainDA, TestDA or TestDA2 spec, got {type(spec).__name__}")
+    raise ValueError(f"expected a {', '.join(c.__name__ for c in MODES.values())} spec, got {type(spec).__name__}")
 
 
 #: Float slack of k_test_image's floor: 224 * (256 / 224) must be 256, not 255.99999999999997.
@@ -145,13 +195,13 @@ def crop_pct_from_ratio(resize_ratio: float) -> float:
 
 
 def make_spec(mode: str, res: int, **overrides):
-    """Build the spec for ``mode`` ('train', 'test' or 'test2') at resolution ``res``."""
+    """Build the spec for ``mode`` (a key of :data:`MODES`) at resolution ``res``."""
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if res <= 0:
         raise UserError(f"resolution must be a positive number of pixels, got {res}")
     cls = MODES[mode]
-    key = "k_train" if cls is TrainDA else "k_test"
+    key = "k_train" if cls in TRAIN_SPECS else "k_test"
     return cls(**{key: res}, **overrides)
 
 

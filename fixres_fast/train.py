@@ -43,7 +43,7 @@ class TrainConfig:
     arch: str = "resnet50"
     k_train: int = 224  # K_train (CLI: --res)
     recipe: Recipe = field(default_factory=Recipe)
-    aug: str = "train"  # train DA (paper); 'test' or 'test2' for ablations
+    aug: str = "train"  # train DA (paper); 'test', 'test2' or 'train-fixed' (Appendix D) for ablations
     backend: str = "auto"  # dali | ffcv | torch | auto
     device: str = "auto"  # cuda | cpu | auto
     amp: str = "auto"  # bf16 where supported, fp16 (GradScaler), off

@@ -309,7 +309,7 @@ def _reference_and_reduced(spec, photo, seed):
     return ref, got, im.size
 
 
-@pytest.mark.parametrize("mode", ["test", "test2", "train"])
+@pytest.mark.parametrize("mode", ["test", "test2", "train", "train-fixed"])
 def test_reduced_decode_agrees_with_full_decode(photos, mode):
     from PIL import Image
 
@@ -674,7 +674,7 @@ def test_missing_file_in_a_folder_is_named(imagenet_records, tmp_path, backend):
 @pytest.mark.parametrize("kwargs,words", [
     (dict(backend="tf"), "choose one of dali, ffcv, torch"),
     (dict(device="tpu"), "choose one of auto, cpu, cuda"),
-    (dict(spec="train"), "mode train, test or test2"),
+    (dict(spec="train"), "mode train, test, test2, train-fixed"),
 ])
 def test_bad_choices_list_the_choices(imagenet_records, kwargs, words):
     args = dict(backend="torch", spec=make_spec("test", 32), device="cpu") | kwargs

@@ -9,7 +9,7 @@
 ``images``: float32 (N, 3, K, K), ``torch.channels_last`` memory, resampled with the spec's interpolation
 (bilinear or bicubic, antialiased as PIL does) and normalised with its mean and std (ImageNet's by default), on
 ``device``; ``labels``: int64 (N,). ``len(loader)`` is the number of batches per epoch.
-Training epochs (train DA by default; ``training=True`` for fine-tuning with test DA or test DA2)
+Training epochs (train DA and train-fixed by default; ``training=True`` for fine-tuning with test DA or test DA2)
 shuffle, repeat (RA) and drop the last partial batch; evaluation epochs read every image of this
 rank's shard exactly once, in order. DALI and FFCV are imported only when asked for.
 """
@@ -19,7 +19,7 @@ import importlib.util
 from dataclasses import replace
 
 from ..errors import UserError
-from ..spec import TestDA, TrainDA
+from ..spec import MODES, TestDA, TrainDA, TrainFixedDA
 from .common import LoaderConfig, Relabelled, indexed_device
 from .sampler import RASampler
 from .source import RecordError, open_source
@@ -52,14 +52,14 @@ def require(backend: str, what: str = "", instead: str = "use --backend torch") 
 def make_loader(backend: str, spec, source, split: str = "train", config: LoaderConfig | None = None, **options):
     """A loader of ``split`` from ``source`` (a conversion's OUT folder, or an ImageFolder tree).
 
-    ``spec`` is a :class:`~fixres_fast.spec.TrainDA`, ``TestDA`` or ``TestDA2``; ``options`` are
+    ``spec`` is a :class:`~fixres_fast.spec.TrainDA`, ``TestDA``, ``TestDA2`` or ``TrainFixedDA``; ``options`` are
     :class:`LoaderConfig` fields (batch_size, device, rank, world_size, repeats, epoch_fraction,
     seed, workers, training, reduced_decode, on_corrupt, label_map) and override ``config``.
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if not isinstance(spec, (TrainDA, TestDA)):
-        raise UserError(f"expected a spec from fixres_fast.spec.make_spec (mode train, test or test2), got {spec!r}")
+    if not isinstance(spec, (TrainDA, TestDA, TrainFixedDA)):
+        raise UserError(f"expected a spec from fixres_fast.spec.make_spec (mode {', '.join(MODES)}), got {spec!r}")
     try:
         config = replace(config or LoaderConfig(), **options)
     except TypeError as e:

@@ -12,6 +12,7 @@ follow the same law as the other backends and evaluation epochs end exactly, the
   :func:`test_windows`; centred, or at ``U(da2_position_range(shift))`` for test DA2); full decode, then one
   resize of the part of the image the window shows (``roi_start``/``roi_end``), which is resize-then-crop
   without resizing the pixels the crop drops; mirror (DA2) in the same pass, twist.
+* train-fixed (Appendix D): as test DA, with the window drawn by :func:`fixres_fast.geometry.drawn_fixed_window`.
 
 The feed reads each image's size from its JPEG frame header (:func:`.source.image_size`: ~1.5 us, where PIL's
 header parse took ~35). Measured on ImageNet-shaped records (500x375, CPU, 2 threads), the time goes to DALI's
@@ -32,7 +33,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from .. import geometry
 from ..errors import UserError
 from ..seeds import Stream, seed_for
-from ..spec import TestDA2, TrainDA
+from ..spec import TestDA2, TrainDA, TrainFixedDA
 from .common import BatchLoader, LoaderConfig, to_batch, workers
 from .source import image_size
 
@@ -110,13 +111,15 @@ def test_windows(sizes, spec, flips) -> np.ndarray:
     (height, width), as the region of the image it shows, for ``resize``'s ``roi_start`` and ``roi_end``
     (:func:`_roi`). Resizing only that region to K_test x K_test is test DA's resize-then-crop (the same scale;
     the filter's taps read past the region's edges, as in the whole resize) without resizing what the crop drops."""
-    k, short = spec.k_test, spec.resize_short
+    k, short = spec.size, spec.resize_short
     lo, hi = geometry.da2_position_range(spec.shift) if isinstance(spec, TestDA2) else (0.5, 0.5)
+    fixed = isinstance(spec, TrainFixedDA)  # train-fixed: its window, drawn by the same generator
     corners = np.tile(np.array([0, 0, 1, 1], np.float64), (len(sizes), 1))  # not an image: DALI reports the record
     for b, size in enumerate(sizes):
         if size is not None:
             height, width = size
-            rh, rw, top, left = geometry.drawn_test_window(height, width, k, short, lo, hi)
+            rh, rw, top, left = (geometry.drawn_fixed_window(height, width, k, short) if fixed
+                                 else geometry.drawn_test_window(height, width, k, short, lo, hi))
             sy, sx = height / rh, width / rw
             corners[b] = (top * sy, left * sx, (top + k) * sy, (left + k) * sx)
     return _roi(corners[:, :2], corners[:, 2:], flips)

@@ -44,7 +44,7 @@ from .. import geometry
 from ..geometry import seed as seed_draws
 from ..errors import UserError
 from ..seeds import Stream, seed_for
-from ..spec import TestDA2, TrainDA
+from ..spec import TestDA2, TrainDA, TrainFixedDA
 from . import kernels
 from .common import BatchLoader, LoaderConfig, to_batch, workers
 
@@ -56,7 +56,8 @@ def box_function(spec):
     """A compiled ``box(height, width)`` -> the :class:`.kernels.Resampling`: the region to resample and how.
 
     Train DA: the RoC, resized to K x K. Test DA / DA2: the whole image, resized so its short
-    side is K_test^image, of which the K_test window at the centre (DA2: shifted) is computed.
+    side is K_test^image, of which the K_test window at the centre (DA2: shifted) is computed. Train-fixed: the
+    same with its own resize and window (:func:`~fixres_fast.geometry.drawn_fixed_window`).
     """
     k = spec.size
     if isinstance(spec, TrainDA):
@@ -66,6 +67,13 @@ def box_function(spec):
         def box(height, width):
             top, left, h, w = rrc(height, width, a_lo, a_hi, r_lo, r_hi, n)
             return resampling(top, left, h, w, h / k, w / k, 0.0, 0.0)
+    elif isinstance(spec, TrainFixedDA):
+        short, drawn_fixed_window, resampling = spec.resize_short, geometry.drawn_fixed_window, kernels.Resampling
+
+        def box(height, width):
+            window = drawn_fixed_window(height, width, k, short)
+            return resampling(0, 0, height, width, height / window.resized_h, width / window.resized_w,
+                              float(window.top), float(window.left))
     else:
         short = spec.resize_short
         lo, hi = geometry.da2_position_range(spec.shift) if isinstance(spec, TestDA2) else (0.5, 0.5)
@@ -91,7 +99,7 @@ def _compiled(fn):
 
 
 class FixResDecoder(ResizedCropRGBImageDecoder):
-    """Decode + crop + resize (+ flip, + jitter) for train DA, test DA and test DA2."""
+    """Decode + crop + resize (+ flip, + jitter) for train DA, test DA, test DA2 and train-fixed."""
 
     get_crop_generator = None  # the crop comes from box_function
 

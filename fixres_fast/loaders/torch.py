@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from .. import geometry
 from ..errors import UserError
 from ..seeds import Stream, seed_for
-from ..spec import TestDA2, TrainDA
+from ..spec import TestDA2, TrainDA, TrainFixedDA
 from .common import BatchLoader, LoaderConfig, to_batch, workers
 from .dct import IDCT_BLUR_TAPS, dct_reduction
 from .source import RecordError
@@ -41,6 +41,20 @@ class DA2Crop(torch.nn.Module):
         return img.crop((left, top, left + self.k_test, top + self.k_test))
 
 
+class FixedCrop(torch.nn.Module):
+    """Train-fixed's crop on an already resized image: top and left drawn by geometry's law (torchvision's
+    ``RandomCrop``, from numpy's generator as :class:`DA2Crop` draws)."""
+
+    def __init__(self, k_train: int):
+        super().__init__()
+        self.k_train = k_train
+
+    def forward(self, img):
+        w, h = img.size
+        top, left = geometry.plain(geometry.random_crop_offsets)(h, w, self.k_train)
+        return img.crop((left, top, left + self.k_train, top + self.k_train))
+
+
 def pil_filter(spec) -> Image.Resampling:
     """PIL's filter for the spec's interpolation ('bilinear' or 'bicubic'): what torchvision uses on PIL images."""
     return Image.Resampling[spec.interpolation.upper()]
@@ -57,6 +71,8 @@ def pil_transform(spec):
                                       interpolation=mode, antialias=True)]
     elif isinstance(spec, TestDA2):
         steps = [v2.Resize(spec.resize_short, mode, antialias=True), DA2Crop(spec.k_test, spec.shift)]
+    elif isinstance(spec, TrainFixedDA):
+        steps = [v2.Resize(spec.resize_short, mode, antialias=True), FixedCrop(spec.k_train)]
     else:
         steps = [v2.Resize(spec.resize_short, mode, antialias=True), v2.CenterCrop(spec.k_test)]
     if getattr(spec, "flip", False):
@@ -88,7 +104,7 @@ class ReducedDecode:
     The box is drawn on the full-size image (the JPEG header gives its size; nothing is decoded yet)
     with the reference's own law and random draws (torchvision's ``RandomResizedCrop.make_params``;
     test DA's resize-then-centre-crop window; test DA2's shifted window, drawn as :class:`DA2Crop`
-    draws it). Then libjpeg decodes at the largest 1/s (s in 8, 4, 2, 1) at which that box still
+    draws it; train-fixed's window, drawn as :class:`FixedCrop` draws it). Then libjpeg decodes at the largest 1/s (s in 8, 4, 2, 1) at which that box still
     spans at least K x K pixels, and PIL's antialiased resize with the spec's interpolation maps the
     box (divided by s) to K x K. Flip and colour jitter are the reference's modules, in its order. With s = 1 the
     output is the reference's; with s > 1 libjpeg's scaled IDCT does part of the downscaling (a few
@@ -105,6 +121,7 @@ class ReducedDecode:
         rest = ref[1:] if self.train else ref[2:]  # flip, jitter
         self.rest = v2.Compose(rest) if rest else (lambda img: img)
         self.lo_hi = geometry.da2_position_range(spec.shift) if isinstance(spec, TestDA2) else None
+        self.fixed = isinstance(spec, TrainFixedDA)
 
     def box(self, im):
         """(x0, y0, x1, y1) in ``im``'s full-size pixels: the region that becomes the K x K output."""
@@ -112,8 +129,11 @@ class ReducedDecode:
         if self.train:
             p = self.rrc.make_params([im])  # reads only im.size
             return p["left"], p["top"], p["left"] + p["width"], p["top"] + p["height"]
-        position = 0.5 if self.lo_hi is None else np.random.uniform(*self.lo_hi)
-        window = geometry.plain(geometry.test_window)(height, width, k, self.spec.resize_short, position)
+        if self.fixed:
+            window = geometry.plain(geometry.drawn_fixed_window)(height, width, k, self.spec.resize_short)
+        else:
+            position = 0.5 if self.lo_hi is None else np.random.uniform(*self.lo_hi)
+            window = geometry.plain(geometry.test_window)(height, width, k, self.spec.resize_short, position)
         sx, sy = width / window.resized_w, height / window.resized_h
         return window.left * sx, window.top * sy, (window.left + k) * sx, (window.top + k) * sy
 
@@ -125,7 +145,7 @@ class ReducedDecode:
         img = im.convert("RGB")
         if s > 1 and abs((x1 - x0) / s - self.k) < 1e-6 and abs((y1 - y0) / s - self.k) < 1e-6:
             img = img.filter(IDCT_BLUR[self.spec.interpolation])  # libjpeg did the whole downscale: the resize copies
-        # train DA: torchvision crops, then resizes; test DA resizes the whole image, then crops
+        # train DA: torchvision crops, then resizes; test DA (and train-fixed) resizes the whole image, then crops
         box = (x0 / s, y0 / s, x1 / s, y1 / s)
         return self.rest(resize_box(img, box, self.k, crop_first=self.train, resample=pil_filter(self.spec)))
 
