@@ -54,7 +54,8 @@ def test_the_ablations_recipe_runs_each_variant_as_its_own_stages(ablations):
         doc = json.loads((out / f"adapt/32-rrc-48-{v}/stage.json").read_text())
         assert (doc["config"]["variant"], doc["result"]["tune"], doc["result"]["aug"]) == (v, tune, aug)
         assert doc["result"]["epochs"] == 1 and doc["result"]["lr"] == 0.01  # [adapt]'s shared settings
-    augs = {n: json.loads((out / f"train/32-{n}/stage.json").read_text())["result"]["job"]["aug"] for n in ("rrc", "fixed")}
+    augs = {n: json.loads((out / f"train/32-{n}/stage.json").read_text())["result"]["job"]["aug"]
+            for n in ("rrc", "fixed")}
     assert augs == {"rrc": "train", "fixed": "train-fixed"}
     assert set(rows(out, "32-fixed")) == {("32-fixed", "32"), ("32-fixed", "48")}  # evaluated as trained only
 
@@ -94,7 +95,8 @@ def test_a_changed_variant_reruns_its_stages_and_what_reads_them(ablations, tmp_
     states = {name: (state, why) for name, state, why in plan}
     assert states["adapt/32-rrc-48-fc-test"] == ("run", "changed: lr 0.01 -> 0.02")
     assert states["evaluate/32-rrc"] == ("run", "its input adapt/32-rrc-48-fc-test changed")
-    assert {s for s, (st, _) in states.items() if st == "run"} == {"adapt/32-rrc-48-fc-test", "evaluate/32-rrc", "report"}
+    assert {s for s, (st, _) in states.items() if st == "run"} == {"adapt/32-rrc-48-fc-test", "evaluate/32-rrc",
+                                                                   "report"}
     plan = run("ablations", SMALL + ["adapt.lr=0.02"], str(out), dry_run=True, log=quiet)["plan"]  # shared: all of them
     assert {s for s, st, _ in plan if st == "run"} == {*(f"adapt/32-rrc-48-{v}" for v in VARIANTS), "evaluate/32-rrc",
                                                        "report"}
@@ -116,7 +118,8 @@ def one_line_error(args):
     ("ablations", ["adapt.epochs=two"], "adapt.epochs: expected an integer, got 'two'"),
     ("ablations", ["adapt.fc-test.tune=bn"], "adapt.fc-test.tune: expected one of fc, bn+fc, bn-stats, last-stage, "
                                              "got 'bn'"),
-    ("ablations", ["adapt.bn-fc-test2.aug=test3"], "adapt.bn-fc-test2.aug: expected one of test, test2, train, got 'test3'"),
+    ("ablations", ["adapt.bn-fc-test2.aug=test3"], "adapt.bn-fc-test2.aug: expected one of test, test2, train, "
+                                                   "train-fixed, got 'test3'"),
     ("ablations", ["adapt.fc-test.k_test=best"], "adapt.fc-test.k_test: expected a list of test resolutions"),
     ("ablations", ["adapt.fc-test=3"], "unknown key adapt.fc-test; allowed: amp, aug, auto_holdout, "),
     ("ablations", ["adapt.fc test.tune=fc"], "adapt.fc test: a variant's name names its stages' folders: letters, "
@@ -129,7 +132,7 @@ def one_line_error(args):
     ("ablations", ["train.fixed.aug=fixed"], "train.fixed.aug: expected one of train, test, test2, train-fixed, "
                                              "got 'fixed'"),
     ("ablations", ["train.fixed.k_train=[32, 32]"], "two stages would be train/32-fixed"),
-    ("demo", ["adapt.aug=test3"], "adapt.aug: expected one of test, test2, train, got 'test3'"),
+    ("demo", ["adapt.aug=test3"], "adapt.aug: expected one of test, test2, train, train-fixed, got 'test3'"),
     ("demo", ["train.aug=rrc"], "train.aug: expected one of train, test, test2, train-fixed, got 'rrc'"),
 ])
 def test_a_bad_variant_value_is_one_line_naming_where_it_is(recipe, sets, expected):
