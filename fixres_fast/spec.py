@@ -130,9 +130,10 @@ class TrainFixedDA(Pixels):
         super().__post_init__()
         if isinstance(self.k_train, bool) or not isinstance(self.k_train, int) or self.k_train <= 0:
             raise UserError(f"train-fixed's K_train must be a positive number of pixels, got {self.k_train!r}")
-        if isinstance(self.resize_ratio, bool) or not isinstance(self.resize_ratio, (int, float)) or not self.resize_ratio >= 1:
-            raise UserError(f"train-fixed's resize_ratio (resized short side / K_train) must be at least 1, so that "
-                            f"the K_train crop fits in the resized image (the paper's is 256/224), got {self.resize_ratio!r}")
+        ratio = self.resize_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 1:
+            raise UserError(f"train-fixed's resize_ratio (resized short side / K_train) must be at least 1, so "
+                            f"that the K_train crop fits in the resized image (the paper's is 256/224), got {ratio!r}")
 
     @property
     def size(self) -> int:

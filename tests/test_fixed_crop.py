@@ -209,6 +209,7 @@ def test_train_and_adapt_with_train_fixed(tmp_path):
     from fixres_fast import checkpoint
     from fixres_fast.cli import main
     from fixres_fast.convert import ConvertConfig, convert
+    from fixres_fast.data import check_res
     from fixres_fast.sampledata import composite_tree
 
     composite_tree(tmp_path / "src", n_train=48, n_val=16, seed=0)
@@ -218,6 +219,12 @@ def test_train_and_adapt_with_train_fixed(tmp_path):
                                     "--res", "32", "--aug", "train-fixed", "--backend", "torch", "--device", "cpu",
                                     "--workers", "1", "--batch-size", "8", "--repeats", "1", "--epochs", "1"])
     assert res.exit_code == 0, res.output
+    # the resized short side, K_train * 256/224, must be stored (--max-side 512): 480 -> 548 px is not; train DA's
+    # RoC of 480 px is
+    check_res(make_spec("train", 480), data)
+    with pytest.raises(UserError, match="--res 480 resizes images to a short side of K_train x resize ratio = 548 px.*"
+                                        "--max-side 512.*--res 448 or less"):
+        check_res(make_spec("train-fixed", 480), data)
     meta = checkpoint.meta_of(checkpoint.load(tmp_path / "run" / "last.pt"))
     assert meta.train_da == make_spec("train-fixed", 32) and meta.k_train == 32
     res = CliRunner().invoke(main, ["adapt", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--test-res", "48",

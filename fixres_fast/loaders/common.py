@@ -33,7 +33,7 @@ class LoaderConfig:
     epoch_fraction: float = EPOCH_FRACTION  # training samples per epoch / images in the split
     seed: int = 0
     workers: int = 0  # decoding threads or processes; 0: all cores
-    training: bool | None = None  # shuffle + RA + drop last partial batch; None: only for the training modes (spec.TRAIN_SPECS)
+    training: bool | None = None  # shuffle + RA + drop last partial batch; None: for spec.TRAIN_SPECS
     #: ffcv backend, and torch backend on the CPU: draw the crop box on the full-size image (same law and
     #: draws), then let libjpeg decode at 1/2, 1/4 or 1/8 size when the box still spans at least K x K
     #: pixels there (dct.dct_reduction: it never adds upsampling), and resize from that. Same boxes;

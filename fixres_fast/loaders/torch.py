@@ -104,11 +104,12 @@ class ReducedDecode:
     The box is drawn on the full-size image (the JPEG header gives its size; nothing is decoded yet)
     with the reference's own law and random draws (torchvision's ``RandomResizedCrop.make_params``;
     test DA's resize-then-centre-crop window; test DA2's shifted window, drawn as :class:`DA2Crop`
-    draws it; train-fixed's window, drawn as :class:`FixedCrop` draws it). Then libjpeg decodes at the largest 1/s (s in 8, 4, 2, 1) at which that box still
-    spans at least K x K pixels, and PIL's antialiased resize with the spec's interpolation maps the
-    box (divided by s) to K x K. Flip and colour jitter are the reference's modules, in its order. With s = 1 the
-    output is the reference's; with s > 1 libjpeg's scaled IDCT does part of the downscaling (a few
-    grey levels from the reference, on a few pixels; tests/test_loaders.py bounds it).
+    draws it; train-fixed's window, drawn as :class:`FixedCrop` draws it). Then libjpeg decodes at the
+    largest 1/s (s in 8, 4, 2, 1) at which that box still spans at least K x K pixels, and PIL's antialiased
+    resize with the spec's interpolation maps the box (divided by s) to K x K. Flip and colour jitter are the
+    reference's modules, in its order. With s = 1 the output is the reference's; with s > 1 libjpeg's scaled IDCT
+    does part of the downscaling (a few grey levels from the reference, on a few pixels; tests/test_loaders.py
+    bounds it).
     """
 
     def __init__(self, spec):
