@@ -55,7 +55,7 @@ def one_line_error(args):
 
 
 def test_shipped_recipes():
-    assert {"demo", "imagenet-resnet50", "imagenet-resnet50-fast", "transfer", "pretrained-adapt"} <= set(shipped())
+    assert {"demo", "imagenet-resnet50", "imagenet-resnet50-fast", "transfer", "pretrained-adapt", "ablations"} <= set(shipped())
     assert "demo, imagenet-resnet50" in one_line_error(["no-such-recipe"])
 
 

@@ -3,7 +3,9 @@
 Stages: ``convert/NAME`` (a data set, or a sample built offline) -> ``train/K`` (one per K_train) ->
 ``adapt/N-K`` (network N at each K_test, or ``auto``) -> ``evaluate/N`` (network N and its adapted versions over a
 grid of K_test, with N's ensemble) -> ``analyze/N`` (pooled activations) -> ``export/N-K`` -> ``report``. A network
-N is the one trained at K_train = N, or ``pretrained`` (the recipe's ``[pretrained]`` weights).
+N is the one trained at K_train = N, or ``pretrained`` (the recipe's ``[pretrained]`` weights). Named variants
+(``[train.NAME]``, ``[adapt.NAME]``: sub-tables over their table's shared settings, as pipelines/ablations.toml has)
+make ``train/K-NAME`` (network ``K-NAME``) and ``adapt/N-K-NAME`` instead.
 
 Each stage works in ``OUT/<stage>/``: it first writes ``started.json`` (its resolved config and hash), then its
 outputs, and last, atomically, ``stage.json`` (the done-marker: hash, config, seconds, result). A stage's hash covers
@@ -60,11 +62,13 @@ class Stage:
 
 @dataclass
 class Network:
-    name: str  # its K_train, or 'pretrained'
+    name: str  # its K_train (K-NAME for a [train.NAME] variant), or 'pretrained'
     checkpoint: object  # a path, or pretrained.Pretrained
     data: str
     deps: tuple[str, ...]
     adapted: list  # [(stage name, adapted checkpoint path)]
+    k_train: int | None = None  # None: pretrained (its K_train is in its weights' preprocessing)
+    variant: str | None = None  # the [train.NAME] variant it was trained with; None: [train] has no variants
 
 
 def _json(x) -> str:

@@ -41,11 +41,32 @@ class Results:
         doc = self.stages.get(stage)
         return doc["seconds"] if doc else None
 
-    def row(self, net: str, res, adapted_at=None) -> dict | None:
-        return next((r for r in self.rows.get(net, []) if r["res"] == str(res) and r["adapted_at"] == adapted_at), None)
+    def adapt_stage(self, row: dict) -> str | None:
+        """The adapt stage that wrote the row's checkpoint (OUT/adapt/N-K[-NAME]/adapted.pt), None for the others."""
+        stage = "/".join(Path(row["checkpoint"]).parts[-3:-1])
+        return stage if stage.startswith("adapt/") and self.stages.get(stage) else None
 
-    def adapted_at(self, net: str) -> list[int]:
-        return sorted({r["adapted_at"] for r in self.rows.get(net, []) if r["adapted_at"] is not None})
+    def variant(self, row: dict) -> str | None:
+        """The [adapt.NAME] variant whose checkpoint the row measures; None: not adapted, or [adapt] has none."""
+        stage = self.adapt_stage(row)
+        return self.stages[stage]["config"].get("variant") if stage else None
+
+    def row(self, net: str, res, adapted_at=None, variant=None) -> dict | None:
+        return next((r for r in self.rows.get(net, []) if r["res"] == str(res) and r["adapted_at"] == adapted_at
+                     and self.variant(r) == variant), None)
+
+    def adapted_at(self, net: str, variant=None) -> list[int]:
+        return sorted({r["adapted_at"] for r in self.rows.get(net, [])
+                       if r["adapted_at"] is not None and self.variant(r) == variant})
+
+    def variants(self, net: str) -> dict[str, tuple[str, str]]:
+        """{[adapt.NAME] variant: (tune, aug) as its adapt stages ran it} of network ``net``, in stage order."""
+        found = {}
+        for name, doc in self.stages.items():
+            config = doc["config"] if doc and name.startswith("adapt/") else {}
+            if config.get("variant") and config.get("network") == net:
+                found.setdefault(config["variant"], (doc["result"]["tune"], doc["result"]["aug"]))
+        return found
 
     def grid(self) -> list[int]:
         return sorted({int(r["res"]) for rows in self.rows.values() for r in rows if r["res"].isdigit()})
@@ -82,14 +103,83 @@ def table5(res: Results) -> list[str]:
     return lines
 
 
+#: How Table 6 names what a variant fine-tunes (AdaptConfig.tune) and its data augmentation (AdaptConfig.aug).
+TUNED = {"fc": "classifier", "bn+fc": "batch-norm + classifier"}
+DA = {"train": "train DA", "test": "test DA", "test2": "test DA2"}
+
+
+def table6(res: Results) -> list[str]:
+    """Rows: each network without fine-tuning, then with each [adapt.NAME] variant (what it tunes, with which DA);
+    columns: K_test, each cell the variant adapted at K_test and tested there, as the paper's Table 6."""
+    nets = [n for n in res.networks if res.variants(n)]
+    if not nets:
+        return []
+    ks = sorted({k for n in nets for v in res.variants(n) for k in res.adapted_at(n, v)})
+    body = []
+    for net in nets:
+        body.append([_label(res, net), "no fine-tuning", "-", "n/a", *(_cell(res.row(net, k)) for k in ks)])
+        for v, (tune, aug) in res.variants(net).items():
+            body.append(["", v, TUNED.get(tune, tune), DA.get(aug, aug), *(_cell(res.row(net, k, k, v)) for k in ks)])
+    return ["## Ablation: what is fine-tuned, with which data augmentation (Table 6's shape)", "",
+            "Each variant fine-tuned at K_test and tested at K_test (top-1 ± leave-one-out std); \"no fine-tuning\" "
+            "is the network as trained, tested at K_test.", "",
+            *_table(["network", "variant", "fine-tuned", "data aug.", *ks], body)]
+
+
+def table8(res: Results) -> list[str]:
+    """Fine-tuning batch-norm + classifier with test DA against test DA2, at each K_test both were adapted at."""
+    body = []
+    for net in res.networks:
+        by_aug = {}
+        for v, (tune, aug) in res.variants(net).items():
+            if tune == "bn+fc" and aug in ("test", "test2"):
+                by_aug.setdefault(aug, v)
+        if len(by_aug) < 2:
+            continue
+        da, da2 = by_aug["test"], by_aug["test2"]
+        for k in sorted(set(res.adapted_at(net, da)) & set(res.adapted_at(net, da2))):
+            a, b = res.row(net, k, k, da), res.row(net, k, k, da2)
+            body.append([_label(res, net), a["train_res"], k, _cell(a), _cell(b), f"{b['top1'] - a['top1']:+.2f}"])
+    if not body:
+        return []
+    return ["## Fine-tuning with test DA against test DA2 (Table 8's shape)", "",
+            "Batch-norm + classifier fine-tuned at K_test and tested there; test DA2 adds a random horizontal shift "
+            "of the centre crop, flips and colour jitter to test DA.", "",
+            *_table(["network", "train", "test", "top-1 test DA (%)", "top-1 test DA2 (%)", "DA2 - DA"], body)]
+
+
+def table9(res: Results) -> list[str]:
+    """Rows: K_test; columns: each network of each [train.NAME] variant, as trained (Table 9's shape, with the
+    other variants' networks beside it); the last row: the K_test where each is most accurate."""
+    nets = [n for n, net in res.networks.items() if getattr(net, "variant", None) and res.rows.get(n)]
+    if not nets:
+        return []
+    grid = res.grid()
+    body = [[k, *(_cell(res.row(n, k)) for n in nets)] for k in grid]
+    best = [max(grid, key=lambda k: (res.row(n, k) or {"top1": -1})["top1"]) for n in nets]
+    augs = {}
+    for n in nets:
+        doc = res.stages.get(f"train/{n}")
+        augs.setdefault(res.networks[n].variant, doc["result"]["job"]["aug"] if doc else "?")
+    return ["## Train DA against the test resolution, by training variant (Table 9's shape)", "",
+            "Each network as trained (no fine-tuning), tested at K_test (top-1 ± leave-one-out std). Columns: "
+            "K_train (training variant); its train DA: " + ", ".join(f"{v}: `{a}`" for v, a in augs.items()) +
+            " (`train`: RandomResizedCrop; `train-fixed`: resize, then a fixed-size random crop, Appendix D).", "",
+            *_table(["K_test \\ K_train", *(f"{res.networks[n].k_train} ({res.networks[n].variant})" for n in nets)],
+                    body + [["best K_test", *best]])]
+
+
 def every_network(res: Results) -> list[str]:
     """Each checkpoint at each K_test of the grid, and its ensemble."""
     lines, body = ["", "## Every network at every K_test", ""], []
     names = sorted({r["res"] for rows in res.rows.values() for r in rows}, key=lambda s: (not s.isdigit(), len(s), s))
     for net, rows in res.rows.items():
-        for adapted in dict.fromkeys(r["adapted_at"] for r in rows):
-            by_res = {r["res"]: r for r in rows if r["adapted_at"] == adapted}
-            body.append([_label(res, net), adapted or "-", *(_cell(by_res.get(k)) for k in names)])
+        for ckpt in dict.fromkeys(r["checkpoint"] for r in rows):
+            by_res = {r["res"]: r for r in rows if r["checkpoint"] == ckpt}
+            first = next(iter(by_res.values()))
+            variant = res.variant(first)
+            adapted = f"{first['adapted_at']} ({variant})" if variant else first["adapted_at"] or "-"
+            body.append([_label(res, net), adapted, *(_cell(by_res.get(k)) for k in names)])
     return lines + _table(["K_train", "adapted at", *names], body) + [
         "", "Columns with a '+' average the softmax over those resolutions (Sec. 5.1, \"Multiple resolutions\"). "
         "Fig. 5: [accuracy.png](accuracy.png) (each network: " + ", ".join(
@@ -117,13 +207,18 @@ def cost_pairs(res: Results) -> list[tuple[str, int]]:
 
 
 def summary_lines(res: Results) -> list[str]:
-    """The demo's table for each adapted network (and the cost comparison where the recipe trained at K_test)."""
+    """What a run prints at its end: the demo's table for each adapted network (and the cost comparison where the
+    recipe trained at K_test), then the ablation tables (Tables 6, 8, 9) where the recipe has variants."""
+    return pair_lines(res) + [line for part in (table6(res), table8(res), table9(res)) if part for line in ["", *part]]
+
+
+def pair_lines(res: Results) -> list[str]:
+    """The demo's table for each network adapted by a plain [adapt] (not its variants)."""
     lines = []
     for net in res.networks:
         k1 = net if net.isdigit() else (res.rows[net][0]["train_res"] if res.rows.get(net) else None)
         for k2 in res.adapted_at(net):
-            schedule = _schedule(res, net)
-            name = f"train {k1}" if net.isdigit() else f"train {schedule}" if schedule else f"pretrained ({k1})"
+            name = f"pretrained ({k1})" if net == "pretrained" else f"train {_schedule(res, net) or net}"
             lines += ["", f"== FixRes: {name}, adapted at {k2} (val top-1)", *_aligned(_pair(res, net, name, k1, k2))]
     return lines
 
@@ -186,8 +281,11 @@ def write_report(out: Path, stages, networks) -> Path:
     res = Results(out, stages, networks)
     rows = [r for rs in res.rows.values() for r in rs]
     lines = [f"# {out.name}: report", "", "Written by `fixres-fast run` from the stages' outputs under this folder."]
-    lines += conversions(res) + [""] + (table5(res) + every_network(res) if rows else [])
-    summary = summary_lines(res)
+    lines += conversions(res) + [""] + (table5(res) if rows else [])
+    for part in (table6(res), table8(res), table9(res)):
+        lines += ["", *part] if part else []
+    lines += every_network(res) if rows else []
+    summary = pair_lines(res)
     if summary:
         lines += ["", "## Summary and cost", "", "```", *summary[1:], "```"]
     lines += activation_lines(res) + stage_lines(res)

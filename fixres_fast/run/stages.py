@@ -4,19 +4,21 @@ adapt.adapt, evaluate.evaluate, analysis.activations.pooled_activations, export.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 from . import recipe as recipes
-from ..adapt import AdaptConfig
+from ..adapt import AUGS, BN_SCOPES, METHODS, AdaptConfig
 from ..analysis.activations import ActivationsConfig
 from ..convert import ConvertConfig
 from ..errors import UserError
 from ..evaluate import EvalConfig
 from ..export import ExportConfig
+from ..models import TUNE
 from ..pretrained import Pretrained
-from ..spec import ResolutionSchedule, k_train_at, parse_res
+from ..spec import MODES, ResolutionSchedule, k_train_at, parse_res
 from ..train import TrainConfig
 
 OWN_CONVERT = {"sample": str, "train_images": int, "val_images": int, "size": int, "verify": bool}
@@ -87,8 +89,65 @@ def _sample(tab: dict, src: Path, log) -> Path:
     return src
 
 
+# --- Named variants: [train.NAME] and [adapt.NAME] sub-tables over their table's shared settings -------------
+
+#: A variant's name goes into its stages' folders (train/K-NAME, adapt/N-K-NAME) and into --set keys.
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
+#: The values a setting may take, where the job allows only some (checked before anything runs).
+TRAIN_CHOICES = {"aug": tuple(MODES)}
+ADAPT_CHOICES = {"tune": TUNE, "aug": AUGS, "method": METHODS, "bn_scope": BN_SCOPES}
+
+
+def _variants(table: dict, config, where: str, own: dict) -> tuple[dict, dict]:
+    """(shared settings, {name: variant table}): a variant is a sub-table whose key names no setting of the job
+    (``[train.recipe]`` is a setting, ``[train.fixed]`` a variant)."""
+    settings = {*recipes.fields_of(config), *own}
+    variants = {k: v for k, v in table.items() if isinstance(v, dict) and k not in settings}
+    bad = next((k for k in variants if not VARIANT_NAME.fullmatch(k)), None)
+    if bad is not None:
+        raise UserError(f"{where}.{bad}: a variant's name names its stages' folders: letters, digits, - and _ only")
+    return {k: v for k, v in table.items() if k not in variants}, variants
+
+
+def _over(shared: dict, variant: dict) -> dict:
+    """``variant``'s settings over ``shared``'s; a sub-table (train.recipe) is merged key by key."""
+    both = {k for k in shared.keys() & variant.keys() if isinstance(shared[k], dict) and isinstance(variant[k], dict)}
+    return {**shared, **variant, **{k: {**shared[k], **variant[k]} for k in both}}
+
+
+def _checked(b, shared: dict, name: str | None, variant: dict, config, where: str, own: dict, exclude, choices):
+    """(raw, checked) settings of variant ``name`` (None: the table itself): each level checked where it is written,
+    so that an error names adapt.KEY or adapt.NAME.KEY, then merged over [common]."""
+    for at, table in ((where, shared), (f"{where}.{name}", variant if name else None)):
+        if table is not None:
+            _choose(recipes.check_table(table, config, at, own, exclude), choices, at)
+    raw = b.merged(_over(shared, variant), config)
+    return raw, recipes.check_table(raw, config, f"{where}.{name}" if name else where, own, exclude)
+
+
+def _choose(tab: dict, choices: dict, where: str) -> None:
+    for key, allowed in choices.items():
+        if key in tab and tab[key] not in allowed:
+            raise UserError(f"{where}.{key}: expected one of {', '.join(allowed)}, got {tab[key]!r}")
+
+
+def _at(where: str, variant: str | None, vtab: dict, *keys) -> str:
+    """Where ``keys`` were written: the variant's table where it sets one of them, else the shared one."""
+    return f"{where}.{variant}" if variant and any(k in vtab for k in keys) else where
+
+
+def _suffix(name: str | None) -> str:
+    return f"-{name}" if name else ""
+
+
+def _tagged(name: str | None) -> dict:
+    """What a variant adds to its stages' configs (nothing without variants: those hashes stay as they were)."""
+    return {"variant": name} if name else {}
+
+
 def networks(b) -> None:
-    """train/K for each K_train of [train]; or the [pretrained] weights as the one network."""
+    """train/K for each K_train of [train] (train/K-NAME for each [train.NAME] variant); or the [pretrained]
+    weights as the one network."""
     from . import Network
 
     train, pre = b.table("train"), b.table("pretrained")
@@ -106,16 +165,20 @@ def networks(b) -> None:
     if train is None:
         return
     own = {"k_train": object, "data": str, "init": str}  # k_train: checked by _k_trains
-    raw = b.merged(train, TrainConfig)
-    tab = recipes.check_table(raw, TrainConfig, "train", own, exclude=("out", "resume", "resume_changed"))
-    data, deps = b.data(tab.pop("data", None), "train")
-    ks = _k_trains(tab.pop("k_train", TrainConfig.k_train), "train.k_train")
-    weights = {"init_sha256": _sha256(tab["init"])} if tab.get("init") else {}
-    for k in ks:
-        name = network_name(k)
-        b.add(f"train/{name}", {**raw, "k_train": str(k) if isinstance(k, ResolutionSchedule) else k, **weights}, deps,
-              _train_action(tab, k, data), continues=True)
-        b.networks[name] = Network(name, str(b.out / "train" / name / "last.pt"), data, (f"train/{name}",), [])
+    shared, variants = _variants(train, TrainConfig, "train", own)
+    for variant, vtab in (variants or {None: {}}).items():
+        raw, tab = _checked(b, shared, variant, vtab, TrainConfig, "train", own, ("out", "resume", "resume_changed"),
+                            TRAIN_CHOICES)
+        data, deps = b.data(tab.pop("data", None), "train")
+        ks = _k_trains(tab.pop("k_train", TrainConfig.k_train), f"{_at('train', variant, vtab, 'k_train')}.k_train")
+        weights = {"init_sha256": _sha256(tab["init"])} if tab.get("init") else {}
+        for k in ks:
+            name = f"{network_name(k)}{_suffix(variant)}"
+            text = str(k) if isinstance(k, ResolutionSchedule) else k
+            b.add(f"train/{name}", {**raw, "k_train": text, **_tagged(variant), **weights}, deps,
+                  _train_action(tab, k, data), continues=True)
+            b.networks[name] = Network(name, str(b.out / "train" / name / "last.pt"), data, (f"train/{name}",), [],
+                                       k_train=k, variant=variant)
 
 
 def network_name(k: int | ResolutionSchedule) -> str:
@@ -180,37 +243,50 @@ def _net_config(b, net) -> dict:
 
 
 def _select(b, table: dict, where: str) -> list:
-    """The networks a stage applies to: those trained at ``k_train`` (a list of K_train or schedules), or all."""
-    ks = table.pop("k_train", None)
+    """The networks a stage applies to: those of the training variants ``train_variants`` (a list), trained at
+    ``k_train`` (a list of K_train or schedules); all where a key is not given."""
+    ks, names = table.pop("k_train", None), table.pop("train_variants", None)
+    nets = list(b.networks.values())
+    if names is not None:
+        known = list(dict.fromkeys(n.variant for n in nets if n.variant))
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise UserError(f"{where}.train_variants: no training variant {unknown[0]} (the [train.NAME] tables: "
+                            f"{', '.join(known) or 'none'})")
+        nets = [n for n in nets if n.variant in names]
     if ks is None:
-        return list(b.networks.values())
-    names = [network_name(k) for k in _k_trains(ks, f"{where}.k_train")]
-    missing = [k for n, k in zip(names, ks if isinstance(ks, list) else [ks]) if n not in b.networks]
+        return nets
+    wanted = _k_trains(ks, f"{where}.k_train")
+    missing = [k for k in wanted if not any(n.k_train == k for n in nets)]
     if missing:
         raise UserError(f"{where}.k_train: no network is trained at {missing[0]} (train.k_train: "
                         f"{', '.join(b.networks) or 'none'})")
-    return [b.networks[n] for n in names]
+    return [n for k in wanted for n in nets if n.k_train == k]
 
 
 def adapts(b) -> None:
-    """adapt/N-K for each network N (adapt.k_train) and each K_test of adapt.k_test (or 'auto')."""
+    """adapt/N-K for each network N (adapt.k_train, adapt.train_variants) and each K_test of adapt.k_test (or
+    'auto'); where [adapt] has named variants ([adapt.NAME] sub-tables over [adapt]'s shared settings, e.g. tune
+    and aug for the ablations of Table 6), adapt/N-K-NAME for each variant instead."""
     t = b.table("adapt")
     if t is None:
         return
-    own = {"k_test": list[int] | str, "k_train": object, "data": str}  # k_train: checked by _select
-    raw = b.merged(t, AdaptConfig)
-    tab = recipes.check_table(raw, AdaptConfig, "adapt", own, exclude=("checkpoint", "out"))
-    ks = tab.pop("k_test", None)
-    if ks is None or (isinstance(ks, str) and ks != "auto"):
-        raise UserError(f"adapt.k_test: expected a list of test resolutions such as [224, 288], or 'auto', got {ks!r}")
-    data_key = tab.pop("data", None)
-    for net in _select(b, tab, "adapt"):
-        data, deps = b.data(data_key, "adapt") if data_key else (net.data, ())
-        for k in ["auto"] if ks == "auto" else ks:
-            name = f"adapt/{net.name}-{k}"
-            config = {**raw, "k_test": k, **_net_config(b, net)}
-            b.add(name, config, (*net.deps, *deps), _adapt_action(tab, net, None if k == "auto" else k, data))
-            net.adapted.append((name, str(b.out / name / "adapted.pt")))
+    own = {"k_test": list[int] | str, "k_train": object, "train_variants": list[str], "data": str}
+    shared, variants = _variants(t, AdaptConfig, "adapt", own)
+    for variant, vtab in (variants or {None: {}}).items():
+        raw, tab = _checked(b, shared, variant, vtab, AdaptConfig, "adapt", own, ("checkpoint", "out"), ADAPT_CHOICES)
+        ks = tab.pop("k_test", None)
+        if ks is None or (isinstance(ks, str) and ks != "auto"):
+            raise UserError(f"{_at('adapt', variant, vtab, 'k_test')}.k_test: expected a list of test resolutions "
+                            f"such as [224, 288], or 'auto', got {ks!r}")
+        data_key = tab.pop("data", None)
+        for net in _select(b, tab, _at("adapt", variant, vtab, "k_train", "train_variants")):
+            data, deps = b.data(data_key, "adapt") if data_key else (net.data, ())
+            for k in ["auto"] if ks == "auto" else ks:
+                name = f"adapt/{net.name}-{k}{_suffix(variant)}"
+                config = {**raw, "k_test": k, **_tagged(variant), **_net_config(b, net)}
+                b.add(name, config, (*net.deps, *deps), _adapt_action(tab, net, None if k == "auto" else k, data))
+                net.adapted.append((name, str(b.out / name / "adapted.pt")))
 
 
 def _adapt_action(tab: dict, net, k: int | None, data: str):
@@ -261,7 +337,8 @@ def analyses(b) -> None:
     if t is None:
         return
     raw = b.merged(t, ActivationsConfig)
-    tab = recipes.check_table(raw, ActivationsConfig, "analyze", {"k_train": object, "data": str},
+    tab = recipes.check_table(raw, ActivationsConfig, "analyze",
+                              {"k_train": object, "train_variants": list[str], "data": str},
                               exclude=("checkpoints",))
     data_key = tab.pop("data", None)
     for net in _select(b, tab, "analyze"):
