@@ -569,6 +569,35 @@ def test_ffcv_epoch_after_an_abandoned_one_keeps_its_pixels(imagenet_records):
         assert torch.equal(epoch(loader), ref)
 
 
+@needs("dali")
+def test_dali_training_stream_runs_on_with_each_epochs_own_batches(imagenet_records):
+    """A training loader's feed runs on into the next epoch (DALI prefetches across the epoch's end); each epoch's
+    batches are still a fresh loader's at that epoch (order, labels, pixels). An epoch left mid-way, one asked for
+    out of turn or twice restarts the stream at the epoch asked for."""
+    spec = make_spec("train", 32, jitter=0.0)
+
+    def loader():
+        return make_loader("dali", spec, imagenet_records["out"], "train", batch_size=4, workers=2, seed=7)
+
+    def epoch(loader, e):
+        loader.set_epoch(e)
+        return [torch.cat(t) for t in zip(*loader)]
+
+    fresh = [epoch(loader(), e) for e in range(3)]
+    assert not torch.equal(fresh[0][1], fresh[1][1])  # another order each epoch
+    streaming = loader()
+    for e in range(3):
+        images, labels = epoch(streaming, e)
+        assert torch.equal(labels, fresh[e][1]) and torch.equal(images, fresh[e][0]), e
+        assert streaming.feed.queue[0][:2] == (e + 1, 0)  # the next epoch's first batch is already fed
+    left = loader()
+    left.set_epoch(0)
+    next(iter(left))
+    for e in (1, 0, 0, 2):
+        images, labels = epoch(left, e)
+        assert torch.equal(labels, fresh[e][1]) and torch.equal(images, fresh[e][0]), e
+
+
 @pytest.fixture(scope="module")
 def raw_records(tmp_path_factory, photos):
     """8 photos in a .beton of raw pixels (max side 256), with no RecordIO beside it."""

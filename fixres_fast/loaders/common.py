@@ -146,13 +146,13 @@ class BatchLoader:
         """Samples this rank reads per epoch: whole batches when training, every sample of its shard otherwise."""
         return len(self) * self.config.batch_size if self.training else len(self.sampler)
 
-    def epoch_indices(self) -> np.ndarray:
-        """This rank's record indices for the current epoch (:attr:`epoch_length` of them)."""
-        return self.sampler.indices(self.epoch)[:self.epoch_length]
+    def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
+        """This rank's record indices for ``epoch`` (default: the current one; :attr:`epoch_length` of them)."""
+        return self.sampler.indices(self.epoch if epoch is None else epoch)[:self.epoch_length]
 
-    def batches(self):
-        """The current epoch's record indices, one array per batch."""
-        idx, bs = self.epoch_indices(), self.config.batch_size
+    def batches(self, epoch: int | None = None):
+        """The record indices of ``epoch`` (default: the current one), one array per batch."""
+        idx, bs = self.epoch_indices(epoch), self.config.batch_size
         return [idx[s:s + bs] for s in range(0, len(idx), bs)]
 
 

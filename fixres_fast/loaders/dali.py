@@ -3,7 +3,10 @@
 The encoded images come in through ``fn.external_source`` from :class:`~.source.Records`
 (bytes straight out of the RecordIO shards at their ``.idx`` offsets, or out of a JPEG .beton) or :class:`~.source.Folder`
 (the files), in the order of :class:`~.sampler.RASampler`, so sharding and repeated augmentation
-follow the same law as the other backends and evaluation epochs end exactly, the last batch short.
+follow the same law as the other backends and evaluation epochs end exactly, the last batch short. A training
+loader's feed runs on from one epoch into the next (:class:`_Feed`), so DALI prefetches across the epoch's end
+as its own readers do; each batch's draws are keyed by (seed, rank, epoch, batch) (:func:`batch_seed`), so an
+epoch's batches are the same whether the loader streamed into it or started there.
 
 * train DA: the RoC drawn by :func:`fixres_fast.geometry.random_resized_crop` in the feed (see
   :func:`roc_boxes`), decoded with the fused ROI decoder ``decoders.image_slice``, resized to
@@ -16,13 +19,16 @@ follow the same law as the other backends and evaluation epochs end exactly, the
 
 The feed reads each image's size from its JPEG frame header (:func:`.source.image_size`: ~1.5 us, where PIL's
 header parse took ~35). Measured on ImageNet-shaped records (500x375, CPU, 2 threads), the time goes to DALI's
-decoder (~45%) and its antialiased resize (~50%); the feed takes ~2-3%.
+decoder (~45%) and its antialiased resize (~50%); the Python work per image is ~20 us (the feed ~7, the
+CPU normalisation ~10, the iterator's copy ~3: ~1.5%). Before the feed ran on, each epoch ended with the pipeline
+drained and began with an unoverlapped refill: with 10 batches an epoch, ~10% of the time.
 
 Every resize is antialiased, with the spec's interpolation (:data:`INTERP`); :func:`.common.to_batch` normalises,
 with the spec's mean and std, as for every backend.
 """
 from __future__ import annotations
 
+import collections
 import weakref
 
 import numpy as np
@@ -39,35 +45,62 @@ from .source import image_size
 
 
 class _Feed:
-    """The external source: each iteration of it is one epoch of (encoded images, labels) batches.
+    """The external source: a stream of batches (encoded images, labels, placement), epoch after epoch.
+
+    The stream starts at the loader's epoch. A training loader's runs on into the epochs after it (the sampler's
+    order of epoch e + 1 is a function of the seed and e + 1, each batch's draws one of the seed, the rank, the
+    epoch and the batch: :func:`batch_seed`), so DALI goes on prefetching across the epoch's end, as its own
+    readers do, instead of draining the pipeline there and starting the next epoch with an empty queue. An
+    evaluation loader's stream ends with its epoch (the last batch short). :attr:`queue`: per batch fed and not yet
+    taken by the loader, in order, ``(epoch, batch, records fed, damaged records left out, batch size)``;
+    :attr:`halt` ends the stream at the next batch (the loader's :meth:`DALILoader.restart`).
 
     DALI decodes around corrupt JPEG data with a printed warning; so each record is checked once
     (:meth:`.common.DamagedRecords.sound`: the CRC-32 of its bytes, or without CRCs libjpeg at 1/8 scale; in a
-    thread pool, as zlib and ctypes release the GIL)
-    and damaged ones are not fed. ``fed`` and ``dropped`` say, per batch, which records went in and (the
-    damaged ones, the batch's size) which were left out; the loader applies the policy to them as each batch
-    comes out."""
+    thread pool, as zlib and ctypes release the GIL) and damaged ones are not fed; the loader applies the policy to
+    them as each batch comes out."""
 
-    def __init__(self, owner: BatchLoader, threads: int, seed: int):
-        self.owner, self.fed, self.dropped = weakref.proxy(owner), [], []  # weakly: a dropped loader's pipeline goes
-        self.threads, self.flips = threads, np.random.default_rng(seed)  # the mirror draws
+    def __init__(self, owner: BatchLoader, threads: int):
+        self.owner, self.threads = weakref.proxy(owner), threads  # weakly: a dropped loader's pipeline goes
+        self.queue: collections.deque = collections.deque()
+        self.halt = False
 
     def __iter__(self):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.fed, self.dropped = [], []
-        source, spec, damaged = self.owner.source, self.owner.spec, self.owner.damaged
-        flip = bool(getattr(spec, "flip", False))
-        verdict = damaged.verdict.numpy()
+        self.queue.clear()
+        owner, epoch = self.owner, self.owner.epoch
         with ThreadPoolExecutor(self.threads) as pool:
-            for idx in self.owner.batches():
-                list(pool.map(damaged.sound, idx[verdict[idx] == 0].tolist()))  # the records not yet checked
-                sound = verdict[idx] == 1
-                self.dropped.append((idx[~sound], len(idx)))
-                if sound.any():  # a wholly damaged batch goes in as it is: the policy stops the loader at it
-                    idx = idx[sound]
-                self.fed.append(idx)
-                yield _batch(source, spec, idx, self.flips.random(len(idx)) < 0.5 if flip else np.zeros(len(idx), bool))
+            while True:
+                batches = owner.batches(epoch)
+                for b, idx in enumerate(batches):
+                    if self.halt:
+                        return
+                    yield self._batch(pool, epoch, b, idx)
+                if not owner.training or not batches:
+                    return
+                epoch += 1
+
+    def _batch(self, pool, epoch: int, b: int, idx: np.ndarray):
+        """Batch ``b`` of ``epoch``: its sound records (checked first where not yet), with its draws."""
+        owner = self.owner
+        damaged, verdict = owner.damaged, owner.damaged.verdict.numpy()
+        list(pool.map(damaged.sound, idx[verdict[idx] == 0].tolist()))  # the records not yet checked
+        sound = verdict[idx] == 1
+        fed = idx[sound] if sound.any() else idx  # a wholly damaged batch goes in as it is: the policy stops at it
+        self.queue.append((epoch, b, fed, idx[~sound], len(idx)))
+        seed = batch_seed(owner.config, epoch, b)
+        geometry.seed(seed)  # the RoCs' and DA2's draws (numba's generator, in this thread)
+        flips = np.random.default_rng(seed).random(len(fed)) < 0.5 if getattr(owner.spec, "flip", False) else None
+        return _batch(owner.source, owner.spec, fed, np.zeros(len(fed), bool) if flips is None else flips)
+
+
+def batch_seed(config: LoaderConfig, epoch: int, b: int) -> int:
+    """The seed of batch ``b``'s draws in ``epoch`` (RoC boxes, DA2 positions, flips): a function of the run's seed,
+    the rank, the epoch and the batch alone, so that an epoch's batches do not depend on what the loader fed before
+    it (epochs fed ahead and dropped, an epoch left mid-way)."""
+    augment = seed_for(config.seed, config.rank, epoch, Stream.AUGMENT)
+    return int(np.random.SeedSequence([augment, b]).generate_state(1)[0] >> 1)
 
 
 def _batch(source, spec, idx, flips):
@@ -168,9 +201,7 @@ class DALILoader(BatchLoader):
                             "use the ffcv or torch backend, or convert with --write-mode jpg")
         super().__init__(spec, source, config)
         cuda = self.device.type == "cuda"
-        augment = seed_for(config.seed, config.rank, 0, Stream.AUGMENT)
-        self.feed = _Feed(self, workers(config), augment)
-        geometry.seed(augment)
+        self.feed = _Feed(self, workers(config))
         seed = seed_for(config.seed, config.rank, 0, Stream.PIPELINE)
         self.pipe = fixres_pipeline(self.feed, spec, "mixed" if cuda else "cpu", batch_size=config.batch_size,
                                     num_threads=workers(config), device_id=self.device.index if cuda else None,
@@ -181,27 +212,42 @@ class DALILoader(BatchLoader):
         if self.iterator is None:
             self.iterator = DALIGenericIterator([self.pipe], ["image", "label"], auto_reset=False,
                                                 last_batch_policy=LastBatchPolicy.PARTIAL)
-        else:
-            self.iterator.reset()
-        yielded = 0
-        while True:
+        elif not (self.feed.queue and self.feed.queue[0][:2] == (self.epoch, 0)):
+            self.restart()
+        return self._epoch()
+
+    def _epoch(self):
+        """The current epoch's batches: a training epoch's ``len(self)`` out of the stream that runs on, an
+        evaluation epoch's until its stream ends."""
+        yielded, queue = 0, self.feed.queue
+        while not self.training or yielded < len(self):
             try:
                 out = next(self.iterator)[0]
             except StopIteration:
-                self.damaged.end_epoch(self.epoch)
-                return
+                break
             except Exception:
-                self._dropped(yielded)
-                self.source.check(np.concatenate(self.feed.fed[yielded:] or [np.zeros(0, np.int64)]))
+                if queue:
+                    self.damaged.found(*queue[0][3:])
+                self.source.check(np.concatenate([fed for _, _, fed, _, _ in queue] or [np.zeros(0, np.int64)]))
                 raise
-            self._dropped(yielded)
+            self.damaged.found(*queue.popleft()[3:])
             yielded += 1
             yield to_batch(out["image"], out["label"], self.device, self.spec)
+        self.damaged.end_epoch(self.epoch)
 
-    def _dropped(self, b: int) -> None:
-        """The policy for the damaged records left out of batch ``b`` (the feed runs ahead, so it has that batch)."""
-        if b < len(self.feed.dropped):
-            self.damaged.found(*self.feed.dropped[b])
+    def restart(self) -> None:
+        """Drop what the pipeline holds (the rest of an epoch left mid-way, or batches fed ahead of another epoch
+        than the one now asked for: at most ``prefetch_queue_depth`` + 1 of them were decoded) and start the stream
+        at the current epoch."""
+        self.feed.halt = True
+        try:
+            while True:
+                next(self.iterator)
+        except StopIteration:
+            pass
+        finally:
+            self.feed.halt = False
+        self.iterator.reset()
 
 
 def build_dali_loader(spec, source, config: LoaderConfig) -> DALILoader:
