@@ -55,8 +55,8 @@ def one_line_error(args):
 
 
 def test_shipped_recipes():
-    assert {"demo", "imagenet-resnet50", "transfer", "pretrained-adapt"} <= set(shipped())
-    assert "demo, imagenet-resnet50" in one_line_error(["no-such-recipe"])
+    assert {"demo", "imagenet-resnet50", "transfer", "pretrained-adapt", "inat2019", "herbarium2019"} <= set(shipped())
+    assert f"shipped recipe ({', '.join(shipped())})" in one_line_error(["no-such-recipe"])
 
 
 @pytest.mark.parametrize("sets, expected", [
