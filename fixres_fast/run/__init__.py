@@ -10,7 +10,8 @@ outputs, and last, atomically, ``stage.json`` (the done-marker: hash, config, se
 its config and its inputs' hashes, so a rerun skips the finished stages whose hash is unchanged and redoes a changed
 stage with every stage after it that reads its outputs. A stage interrupted with the same hash continues where it
 stopped (train from ``last.pt``; convert from its own state); one whose config changed starts afresh in an emptied
-folder. ``--dry-run`` prints that plan and runs nothing.
+folder. ``--dry-run`` prints that plan and runs nothing. ``--gpus N`` runs each train stage on N processes through
+torchrun (:mod:`.worker`; its hash then covers N); adapt and the other stages run on one process.
 
 This package is the top of fixres_fast, as :mod:`fixres_fast.demo` is: the one place besides it that calls several
 jobs. :mod:`.recipe` finds, overrides and checks recipes; :mod:`.stages` turns each table into stages that call the
