@@ -142,7 +142,7 @@ def test_an_attempt_waits_for_the_processes_of_an_earlier_one(tmp_path):
     assert other.stdout.readline() == "held\n"
     lines = []
     with stage_lock(tmp_path, lines.append):
-        assert other.poll() is not None  # it got the lock once the other process was gone
+        assert other.wait(timeout=10) == 0  # it got the lock as the other process ended
     assert lines == ["waiting for the processes of an earlier attempt of this stage to stop"]
 
 

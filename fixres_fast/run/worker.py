@@ -21,7 +21,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from ..artifacts import write_json
+from ..artifacts import write_json, write_text
 from ..errors import UserError
 
 JOB, RESULT, LOCK, RUNNING, PIDS = "job.json", "result.json", "train.lock", "processes.lock", "rank*.pid"
@@ -112,7 +112,8 @@ def _outcome(folder: Path, processes: int, code: int) -> dict:
         raise UserError(doc["error"])
     if "result" not in doc or (code and not doc["result"].get("interrupted")):
         raise UserError(f"the train stage's {processes} processes stopped (torchrun exit status {code}) before "
-                        f"finishing; the output above says why. The same command runs it again (from {folder}/last.pt where there is one)")
+                        "finishing; the output above says why. The same command runs it again (from "
+                        f"{folder}/last.pt where there is one)")
     return {**doc["result"], "processes": doc["world_size"]}
 
 
@@ -159,7 +160,7 @@ def _train(job: Path) -> None:
     _dies_with(os.getppid(), signal.SIGTERM)
     running = os.open(job.with_name(RUNNING), os.O_RDWR | os.O_CREAT)  # held until this process ends
     fcntl.flock(running, fcntl.LOCK_SH)
-    job.with_name(PIDS.replace("*", str(rank))).write_text(str(os.getpid()))
+    write_text(job.with_name(PIDS.replace("*", str(rank))), str(os.getpid()))  # whole, or not there
     cfg = _config(json.loads(job.read_text())["config"])
     if rank == 0:
         _say(f"training on {world} processes (torch.distributed, {'nccl' if resolve_device(cfg.device).type == 'cuda' else 'gloo'})")
