@@ -344,8 +344,12 @@ def train(gpus, compile_, eval_res, **opts):
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Where every stage's folder and report.md go [default: the recipe's out, else runs/NAME].")
 @click.option("--dry-run", is_flag=True, help="Print the plan (what is done, what would run and why); run nothing.")
+@click.option("--gpus", default=1, show_default=True,
+              help="Processes of each train stage on this machine, one per GPU (gloo CPU processes with "
+                   "common.device=cpu), through torchrun; adapt and the other stages run on one. The train stages' "
+                   "settings include it: another --gpus trains them again.")
 @user_errors
-def run(recipe, sets, out, dry_run):
+def run(recipe, sets, out, dry_run, gpus):
     """Run RECIPE: a recipe file, or the name of one shipped in pipelines/ (e.g. demo; an unknown name lists them).
 
     Each stage (convert, train at each K_train, adapt at each K_test, evaluate, analyze, export, report) works in
@@ -356,7 +360,7 @@ def run(recipe, sets, out, dry_run):
     from .run import run as go
 
     with _stage_interrupts():
-        go(recipe, sets, out, dry_run, log=click.echo)
+        go(recipe, sets, out, dry_run, log=click.echo, gpus=gpus)
 
 
 @contextlib.contextmanager

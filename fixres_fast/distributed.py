@@ -57,8 +57,12 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
+def torchrun_args(nproc: int, module: str, argv: list[str]) -> list[str]:
+    """torchrun's arguments that run ``python -m module ARGV`` on ``nproc`` processes of this machine."""
+    return ["--standalone", f"--nproc-per-node={nproc}", "-m", module, *argv]
+
+
 def relaunch_under_torchrun(nproc: int, argv: list[str]) -> None:
     """Replace this process by ``torchrun --standalone --nproc-per-node nproc -m fixres_fast.cli ARGV``."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "fixres_fast.cli", *argv]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(nproc, "fixres_fast.cli", argv)]
     os.execv(sys.executable, cmd)

@@ -55,8 +55,9 @@ def one_line_error(args):
 
 
 def test_shipped_recipes():
-    assert {"demo", "imagenet-resnet50", "imagenet-resnet50-fast", "transfer", "pretrained-adapt", "ablations"} <= set(shipped())
-    assert "demo, imagenet-resnet50" in one_line_error(["no-such-recipe"])
+    assert {"demo", "imagenet-resnet50", "imagenet-resnet50-fast", "transfer", "pretrained-adapt", "ablations",
+            "inat2019", "herbarium2019"} <= set(shipped())
+    assert f"shipped recipe ({', '.join(shipped())})" in one_line_error(["no-such-recipe"])
 
 
 @pytest.mark.parametrize("sets, expected", [

@@ -12,7 +12,8 @@ outputs, and last, atomically, ``stage.json`` (the done-marker: hash, config, se
 its config and its inputs' hashes, so a rerun skips the finished stages whose hash is unchanged and redoes a changed
 stage with every stage after it that reads its outputs. A stage interrupted with the same hash continues where it
 stopped (train from ``last.pt``; convert from its own state); one whose config changed starts afresh in an emptied
-folder. ``--dry-run`` prints that plan and runs nothing.
+folder. ``--dry-run`` prints that plan and runs nothing. ``--gpus N`` runs each train stage on N processes through
+torchrun (:mod:`.worker`; its hash then covers N); adapt and the other stages run on one process.
 
 This package is the top of fixres_fast, as :mod:`fixres_fast.demo` is: the one place besides it that calls several
 jobs. :mod:`.recipe` finds, overrides and checks recipes; :mod:`.stages` turns each table into stages that call the
@@ -21,7 +22,9 @@ jobs' defaults: a default changed in the code does not rerun a finished stage.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import json
 import shutil
 import time
@@ -86,13 +89,14 @@ def _read(path: Path) -> dict | None:
 
 
 class _Builder:
-    def __init__(self, doc: dict, out: Path):
+    def __init__(self, doc: dict, out: Path, gpus: int = 1):
         unknown = [k for k in doc if k not in TOP]
         if unknown:
             raise UserError(f"unknown key {unknown[0]} at the recipe's top level; allowed: {', '.join(TOP)}")
         self.doc, self.out, self.stages, self.networks = doc, out, [], {}
         self.common = recipes.check_table(doc.get("common", {}), where="common", own=COMMON)
         self.converts = {}
+        self.gpus = gpus  # processes of each train stage (run --gpus N)
 
     def table(self, key: str) -> dict | None:
         t = self.doc.get(key)
@@ -133,12 +137,23 @@ class _Builder:
         stages.exports(self)
         self.add("report", {}, [s.name for s in self.stages], stages.report_action(self))
         self.stages[-1].always = True
+        self.on_processes()
         hashes = {}
         for s in self.stages:
             s.hash = hashlib.sha256(_json({"stage": s.name, "config": s.config,
                                            "inputs": {d: hashes[d] for d in s.deps}}).encode()).hexdigest()[:16]
             hashes[s.name] = s.hash
         return self.stages
+
+    def on_processes(self) -> None:
+        """With --gpus N > 1, each train stage runs on N processes, and its hash covers N: a world of N learns other
+        numbers than one process (each process's share of B, its BatchNorm statistics, its augmentations)."""
+        if self.gpus == 1:
+            return
+        for s in self.stages:
+            if s.name.startswith("train/"):
+                s.config = {**s.config, "gpus": self.gpus}
+                s.action = functools.partial(s.action, processes=self.gpus)
 
 
 def load(recipe: str, sets=(), out: str | None = None) -> tuple[Path, dict, Path]:
@@ -204,10 +219,22 @@ def execute(s: Stage, out: Path, log) -> dict:
     return doc
 
 
-def run(recipe: str, sets=(), out: str | None = None, dry_run: bool = False, log=print) -> dict:
-    """Run (or with ``dry_run`` only plan) a recipe; returns {'out', 'recipe', 'plan', 'report'}."""
+def _check_world(gpus: int) -> None:
+    if gpus < 1:
+        raise UserError(f"--gpus must be 1 or more (processes per train stage), got {gpus}")
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world != "1":
+        raise UserError(f"fixres-fast run is running under torchrun (WORLD_SIZE={world}): each of its processes would "
+                        "run every stage into the same OUT. Run it once, with --gpus N for the train stages on this "
+                        "machine's N GPUs; for several machines, run `fixres-fast train` under torchrun yourself")
+
+
+def run(recipe: str, sets=(), out: str | None = None, dry_run: bool = False, log=print, gpus: int = 1) -> dict:
+    """Run (or with ``dry_run`` only plan) a recipe; returns {'out', 'recipe', 'plan', 'report'}. ``gpus``: processes
+    of each train stage, through torchrun on this machine (gloo CPU processes where the device is cpu)."""
+    _check_world(gpus)
     path, doc, out_dir = load(recipe, sets, out)
-    builder = _Builder(doc, out_dir)
+    builder = _Builder(doc, out_dir, gpus)
     stages = builder.build()
     rows = plan(stages, out_dir)
     log(f"{path} -> {out_dir}: {sum(r[1] != 'done' for r in rows)} of {len(rows)} stages to run")

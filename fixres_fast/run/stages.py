@@ -3,6 +3,7 @@ config dataclass and adds its stages, whose actions call the job directly (conve
 adapt.adapt, evaluate.evaluate, analysis.activations.pooled_activations, export.export)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -217,23 +218,26 @@ def _sha256(path: str) -> str | None:
 
 
 def _train_action(tab: dict, k: int, data: str):
-    def action(d: Path, log) -> dict:
+    def action(d: Path, log, processes: int = 1) -> dict:
+        """``processes`` > 1 (``run --gpus N``): train through torchrun on that many processes (:mod:`.worker`)."""
         from ..pretrained import init_source
         from . import Interrupted
         from ..train import train
+        from .worker import stage_lock, train_on
 
         opts = dict(tab)
         if opts.get("init"):
             opts["init"] = init_source(opts["init"], opts.get("arch", TrainConfig.arch))
-        resume = (d / "last.pt").is_file()
-        cfg = TrainConfig(data=data, out=str(d), k_train=k, resume=resume, **opts)
-        result = train(cfg, log=log)
+        with stage_lock(d, log) if processes > 1 else contextlib.nullcontext() as lock:
+            resume = (d / "last.pt").is_file()
+            cfg = TrainConfig(data=data, out=str(d), k_train=k, resume=resume, **opts)
+            result = train(cfg, log=log) if processes == 1 else train_on(cfg, processes, d, lock, log)
         if result.get("interrupted"):
             raise Interrupted(result["signal"])
         final = k_train_at(k, cfg.recipe.epochs - 1)  # the checkpoint's K_train: its last epoch's
         schedule = {"res": str(k)} if isinstance(k, ResolutionSchedule) else {}
         return {"job": _plain(asdict(cfg)), "checkpoint": "last.pt", "k_train": final, **schedule,
-                "resumed_from_last_pt": resume}
+                "resumed_from_last_pt": resume, "processes": result.get("processes", 1)}
     return action
 
 
