@@ -391,6 +391,9 @@ def _stage_interrupts():
               help="Also train a network at --k-test, for comparison.")
 @click.option("--workers", type=int, default=None, help="Processes [default: all cores].")
 @click.option("--seed", type=int, default=None, help="Seed of the sample data, the record order, training and adaptation.")
+@click.option("--seeds", type=int, default=1, show_default=True,
+              help="Run the demo for this many seeds (--seed, --seed + 1, ...), each in OUT/seed-S, and write "
+                   "OUT/seeds.md: each of the paper's three effects per seed, its mean, std over seeds and mean / std.")
 @user_errors
 def demo(n_train, **opts):
     """Run the method end to end on small data sets that build offline (a few minutes on a CPU): the same as
@@ -403,6 +406,11 @@ def demo(n_train, **opts):
     trained at K_train, evaluated at several test resolutions, adapted at K_test (BN+fc fine-tuning,
     test DA) and evaluated again, beside a network trained at K_test. Prints the table, and writes
     OUT/report.md and OUT/accuracy.png (the paper's Fig. 5).
+
+    With --seeds N: the demo for N seeds, each in OUT/seed-S (a rerun skips the finished stages of each), then
+    OUT/seeds.md: the paper's three effects on each seed (1: the unadapted network is most accurate above K_train;
+    2: adaptation at K_test raises accuracy at K_test; 3: trained at K_train and adapted beats trained at K_test, for
+    less training time), with their mean, standard deviation over seeds and mean / std.
     """
     from .demo import demo as go
 

@@ -41,3 +41,51 @@ def test_demo_runs_the_method_end_to_end(tmp_path):
     assert acts[0]["frac_zero"] > acts[3]["frac_zero"]
     assert (out / "analyze" / "32" / "activations.png").stat().st_size > 10_000
     assert "| 32 |" in (out / "report.md").read_text()
+
+
+def _gains(folder, k_train=32, k_test=48):
+    """The three effects of one seed's run, computed here from its evaluate.json files."""
+    rows = lambda net: json.loads((folder / "evaluate" / str(net) / "evaluate.json").read_text())["rows"]
+    top1 = lambda net, res, adapted=None: next(r["top1"] for r in rows(net)
+                                                if r["res"] == str(res) and r["adapted_at"] == adapted)
+    above = max(r["top1"] for r in rows(k_train) if r["adapted_at"] is None and int(r["res"]) > k_train)
+    return {"above": above - top1(k_train, k_train), "adapted": top1(k_train, k_test, k_test) - top1(k_train, k_test),
+            "cheaper": top1(k_train, k_test, k_test) - top1(k_test, k_test)}
+
+
+@needs("ffcv", "dali")
+def test_demo_over_seeds_reports_each_effect_and_resumes(tmp_path):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "fixres_fast.cli", "demo", "--out", str(out), "--images", "100", "--k-test", "48",
+           "--epochs", "1", "--adapt-epochs", "1", "--workers", "1", "--seed", "3", "--seeds", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seeds = {s: out / f"seed-{s}" for s in (3, 4)}
+    for s, folder in seeds.items():  # each seed its own run, its seed in every stage that draws
+        for stage in ("convert/composites", "train/32", "train/48", "adapt/32-48"):
+            assert json.loads((folder / stage / "stage.json").read_text())["config"]["seed"] == s
+    report = (out / "seeds.md").read_text()
+    assert proc.stdout.rstrip().endswith(f"seeds report: {out / 'seeds.md'}") and "| seed 3 | seed 4 |" in report
+    lines = {line.split(" |")[0][2:5]: line for line in report.splitlines() if line.startswith("| (")}
+    for name, effect in (("above", "(1)"), ("adapted", "(2)"), ("cheaper", "(3)")):
+        gains = [_gains(folder)[name] for folder in seeds.values()]
+        mean, std = sum(gains) / 2, abs(gains[0] - gains[1]) / 2 ** 0.5  # the sample std of two values
+        cells = [c.strip().split(" ")[0] for c in lines[effect].split("|")[2:-1]]
+        assert cells[:6] == [f"{gains[0]:+.2f}", f"{gains[1]:+.2f}", f"{mean:+.2f}", f"{std:.2f}",
+                             f"{min(gains):+.2f}", f"{max(gains):+.2f}"], (effect, lines[effect])
+        assert lines[effect] in proc.stdout
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # a rerun: every seed's stages done
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("1 of 9 stages to run") == 2 and "== train/" not in again.stdout
+    assert (out / "seeds.md").read_text() == report
+
+
+def test_demo_seeds_must_be_positive():
+    from click.testing import CliRunner
+
+    from fixres_fast.cli import main
+
+    res = CliRunner().invoke(main, ["demo", "--seeds", "0"])
+    assert res.exit_code == 1 and res.output.strip() == "Error: --seeds must be at least 1 (the number of seeds to " \
+                                                        "run), got 0", res.output
