@@ -198,3 +198,27 @@ def test_bad_data_and_mismatched_resume_are_clear_errors(imagenet_records, tmp_p
     train(tiny(imagenet_records["out"], tmp_path / "r", epochs=1), log=quiet)
     with pytest.raises(UserError, match="resnet18 with 5 classes"):
         train(tiny(imagenet_records["out"], tmp_path / "r", epochs=2, resume=True, arch="resnet34"), log=quiet)
+
+
+def test_sigterm_to_torchrun_with_loader_workers_leaves_a_resumable_checkpoint(tmp_path):
+    """torchrun stops its processes by signalling their process groups, DataLoader workers included: the workers
+    leave the stop to the training process, which writes a resumable last.pt (a killed worker failed the step)."""
+    from fixres_fast.convert import ConvertConfig, convert
+    from fixres_fast.sampledata import composite_tree
+
+    composite_tree(tmp_path / "src", n_train=200, n_val=20, seed=0)
+    data = tmp_path / "data"
+    convert(ConvertConfig(layout="folder", src=str(tmp_path / "src"), out=str(data), workers=1), log=quiet)
+    cmd = [sys.executable, "-m", "fixres_fast.cli", "train", "--data", str(data), "--out", str(tmp_path / "s"),
+           "--arch", "fixres_cnn", "--res", "32", "--backend", "torch", "--device", "cpu", "--workers", "1",
+           "--aug", "test", "--batch-size", "4", "--repeats", "1", "--lr", "0.02", "--epochs", "40", "--gpus", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.monotonic()
+    while not (tmp_path / "s" / "metrics.jsonl").exists():
+        assert proc.poll() is None and time.monotonic() - t0 < 180
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # to torchrun, which the CLI became
+    text, _ = proc.communicate(timeout=180)
+    assert "stopped by SIGTERM" in text and "killed by signal" not in text, text[-3000:]
+    state = checkpoint.load(tmp_path / "s" / "last.pt")["state"]
+    assert state["epoch"] >= 1 and state["epoch"] + (1 if state["step"] else 0) < 40, state

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import signal
 import threading
 import weakref
 from typing import NamedTuple
@@ -243,6 +244,14 @@ class EncodedBatch(NamedTuple):
         return list(torch.split(self.data, self.sizes))
 
 
+def _leave_stops_to_the_trainer(worker_id: int) -> None:
+    """A DataLoader worker ignores SIGTERM and SIGINT: the process that trains handles them (it writes a resumable
+    checkpoint, then shuts its workers down). torchrun stops its processes by signalling their whole process group,
+    and Ctrl-C reaches the terminal's; a worker killed by it first failed the step before the checkpoint was written."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _collate_bytes(items) -> EncodedBatch:
     data, labels, idx, ok, boxes, flips, factors = zip(*items)
     return EncodedBatch(torch.from_numpy(np.concatenate(data)), [len(d) for d in data], torch.as_tensor(labels),
@@ -266,7 +275,8 @@ class TorchLoader(BatchLoader):
         # draws what an uninterrupted one draws (persistent workers would carry their RNG over from earlier epochs)
         self.loader = DataLoader(dataset, batch_sampler=_Batches(self), num_workers=n,
                                  collate_fn=_collate_bytes if cuda else None,
-                                 prefetch_factor=4 if n > 0 else None, generator=torch.Generator())
+                                 prefetch_factor=4 if n > 0 else None, generator=torch.Generator(),
+                                 worker_init_fn=_leave_stops_to_the_trainer)
 
     def __iter__(self):
         self.loader.generator.manual_seed(seed_for(self.config.seed, self.config.rank, self.epoch, Stream.AUGMENT))
