@@ -5,10 +5,9 @@ import json
 import shutil
 
 import pytest
-from click.testing import CliRunner
 
-from fixres_fast.cli import main
 from fixres_fast.run import _Builder, load, run
+from .test_run import one_line_error
 
 #: The ablations recipe at a small size: 96 + 48 composites of 48 px, one K_train per training variant, one K_test
 #: adapted to, one epoch of everything.
@@ -102,14 +101,6 @@ def test_a_changed_variant_reruns_its_stages_and_what_reads_them(ablations, tmp_
                                                        "report"}
     plan = run("ablations", SMALL + ["train.fixed.recipe.lr=0.2"], str(out), dry_run=True, log=quiet)["plan"]
     assert {s for s, st, _ in plan if st == "run"} == {"train/32-fixed", "evaluate/32-fixed", "report"}
-
-
-def one_line_error(args):
-    res = CliRunner().invoke(main, ["run", *args])
-    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1, res.output
-    return lines[0]
 
 
 @pytest.mark.parametrize("recipe, sets, expected", [
