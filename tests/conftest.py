@@ -1,6 +1,10 @@
 import os
 
-import pytest
+# before torch loads libgomp: OpenMP threads that spin while they wait take the cores from the loaders' worker
+# processes and from the CLI processes tests start (inherited), on CI's 2 cores a test ran 3-4 times slower
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 
 from fixres_fast.convert import ConvertConfig, convert
 from fixres_fast.loaders import BACKENDS, OPTIONAL, installed
