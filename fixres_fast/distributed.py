@@ -3,11 +3,11 @@
 ``fixres-fast train --gpus N`` re-runs the same command under torchrun (``torch.distributed.run``),
 which sets RANK, WORLD_SIZE and LOCAL_RANK; on several nodes users call torchrun themselves and the
 code below reads the same variables. NCCL on GPUs, gloo on CPUs. ``fixres-fast run`` under torchrun joins the world
-once for all its stages (:func:`joined`); the trainer then uses that group and leaves it be.
+once for all its stages and runs (:func:`joined`); the trainer then uses that group and leaves it be.
 """
 from __future__ import annotations
 
-import contextlib
+import atexit
 import os
 import sys
 from dataclasses import dataclass
@@ -62,22 +62,26 @@ def world_size() -> int:
                         "outside torchrun") from None
 
 
-@contextlib.contextmanager
+_WAIT_GROUP = {}  # the group joined() made, once per process
+
+
 def joined(wait: timedelta):
-    """The world torchrun describes, joined for as long as the block runs; yields a gloo group whose collectives
-    wait up to ``wait`` (processes waiting for one process's long single-process work). The default group, for the
-    work done on every process, keeps torch's default timeout and its backends by tensor: gloo for CPU tensors,
-    NCCL for CUDA ones where there are GPUs."""
+    """The world torchrun describes, joined by this process once, until it exits (joining again after leaving races
+    with the other processes' leaving, on torchrun's one store); returns a gloo group whose collectives wait up to
+    ``wait`` (processes waiting for one process's long single-process work). The default group, for the work done
+    on every process, keeps torch's default timeout and its backends by tensor: gloo for CPU tensors, NCCL for CUDA
+    ones where there are GPUs."""
+    if "group" in _WAIT_GROUP:
+        return _WAIT_GROUP["group"]
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     try:
         dist.init_process_group(backend)
     except (ValueError, RuntimeError) as e:  # e.g. WORLD_SIZE set by hand, without torchrun's other variables
         raise UserError(f"WORLD_SIZE={world_size()} says this is one of torchrun's processes, but its world could not "
                         f"be joined ({str(e).splitlines()[0]}); run under torchrun, or unset WORLD_SIZE") from None
-    try:
-        yield dist.new_group(backend="gloo", timeout=wait)
-    finally:
-        dist.destroy_process_group()
+    atexit.register(dist.destroy_process_group)
+    _WAIT_GROUP["group"] = dist.new_group(backend="gloo", timeout=wait)
+    return _WAIT_GROUP["group"]
 
 
 def all_sum(values: list[float], d: Dist) -> list[float]:

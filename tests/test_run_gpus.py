@@ -189,15 +189,15 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _nodes(tmp_path, name, args, per_node=((), ())):
+def _nodes(tmp_path, name, args):
     """``fixres-fast run ARGS`` under two torchruns started together, one per "node" of this machine (a real
     multi-node rendezvous: static, c10d store on node 0; one process each); [(process, stdout file, stderr file)]."""
     port, started = _free_port(), []
-    for rank, extra in enumerate(per_node):
+    for rank in (0, 1):
         out, err = tmp_path / f"{name}-{rank}.out", tmp_path / f"{name}-{rank}.err"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
                "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
-               *cli("run", *args, *extra)[1:]]
+               *cli("run", *args)[1:]]
         started.append((subprocess.Popen(cmd, stdout=open(out, "w"), stderr=open(err, "w"),
                                          env={**os.environ, **ONE_THREAD}), out, err))
     return started
@@ -249,30 +249,54 @@ def test_run_under_torchrun_on_two_nodes_trains_what_gpus_2_does_and_resumes_aft
 
 
 def _world(tmp_path, name, per_node):
-    """``fixres-fast run`` on two processes of the world torchrun would describe (its variables, set here):
-    [(exit status, stdout, stderr)]."""
+    """The commands ``per_node`` (argv after python) on two processes of the world torchrun would describe (its
+    variables, set here): [(exit status, stdout, stderr)]."""
     port, started = _free_port(), []
     for rank, args in enumerate(per_node):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port)}
         out, err = tmp_path / f"{name}-{rank}.out", tmp_path / f"{name}-{rank}.err"
-        started.append((subprocess.Popen(cli("run", *args), stdout=open(out, "w"), stderr=open(err, "w"), env=env),
-                        out, err))
+        started.append((subprocess.Popen([sys.executable, *args], stdout=open(out, "w"), stderr=open(err, "w"),
+                                         env=env), out, err))
     return _ended(started)
 
 
 def test_an_error_on_rank_0_stops_every_process_with_its_line(recipe, tmp_path):
-    plain = (str(recipe), "--out", str(tmp_path / "out"), "--dry-run")
+    plain = cli("run", str(recipe), "--out", str(tmp_path / "out"), "--dry-run")[1:]
     ended = _world(tmp_path, "error", ((*plain, "--set", "evaluate.bogus=1"), plain))  # rank 1 learns it from rank 0
     for code, out, err in ended:
         assert code == 1 and out == "" and err.startswith("Error: unknown key evaluate.bogus") and err.count("\n") == 1
 
 
-def test_processes_that_build_other_stages_than_rank_0_stop_together(recipe, tmp_path):
-    plain = (str(recipe), "--out", str(tmp_path / "out"), "--dry-run")
-    ended = _world(tmp_path, "other", (plain, (*plain, "--set", "train.recipe.lr=0.1")))
-    for code, _, err in ended:
-        assert code == 1 and err.startswith("Error: rank 1: its stages differ from rank 0's") and err.count("\n") == 1
+#: Each process: the recipe planned three times in one world (as demo --seeds N runs it N times), then with rank 1
+#: alone given the --set's argv[4:]: a UserError on every process. What it saw, in argv[3]/rankR.txt.
+TWICE = """
+import os, sys
+from pathlib import Path
+from fixres_fast.errors import UserError
+from fixres_fast.run import run
+
+recipe, out, seen_in = sys.argv[1:4]
+seen = [" ".join(str(len(run(recipe, out=out, dry_run=True)["plan"])) for _ in range(3))]
+try:
+    run(recipe, sets=sys.argv[4:] if os.environ["RANK"] == "1" else (), out=out, dry_run=True)
+except UserError as e:
+    seen.append(str(e))
+Path(seen_in, "rank" + os.environ["RANK"] + ".txt").write_text("\\n".join(seen))
+"""
+
+
+def test_runs_follow_each_other_in_one_world_and_processes_that_build_other_stages_stop_together(recipe, tmp_path):
+    script = tmp_path / "twice.py"
+    script.write_text(TWICE)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), str(recipe), str(tmp_path / "out"), str(tmp_path), "train.recipe.lr=0.1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = (f"rank 1: its stages differ from rank 0's ({recipe}, --out {tmp_path / 'out'}): give every node the same "
+            "recipe and --set's, and an OUT on a file system they all share")
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.txt").read_text().splitlines() == ["4 4 4", line]
 
 
 def test_a_world_of_two_hashes_the_train_stages_as_gpus_2_does(recipe, tmp_path):

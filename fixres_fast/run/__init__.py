@@ -32,7 +32,6 @@ jobs' defaults: a default changed in the code does not rerun a finished stage.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -324,19 +323,17 @@ def _world_size(gpus: int) -> int:
     return world
 
 
-@contextlib.contextmanager
-def _joined(gpus: int):
-    """The run's :class:`_World`; under torchrun, its process group joined for the whole run (train() uses it)."""
+def _joined(gpus: int) -> _World:
+    """The run's :class:`_World`; under torchrun, its process group joined (once per process: train() uses it)."""
     size = _world_size(gpus)
     if size == 1:
-        yield _World()
-        return
+        return _World()
     import torch.distributed as dist
 
     from ..distributed import joined
 
-    with joined(STAGE_WAIT) as group:
-        yield _World(dist.get_rank(), size, group)
+    group = joined(STAGE_WAIT)
+    return _World(dist.get_rank(), size, group)
 
 
 def _quiet(*_) -> None:
@@ -347,8 +344,8 @@ def run(recipe: str, sets=(), out: str | None = None, dry_run: bool = False, log
     """Run (or with ``dry_run`` only plan) a recipe; returns {'out', 'recipe', 'plan', 'report'}. ``gpus``: processes
     of each train stage, through torchrun on this machine (gloo CPU processes where the device is cpu). Under an
     outer torchrun (several nodes), every process calls run() and rank 0 alone logs: see the module's docstring."""
-    with _joined(gpus) as world:
-        return _run(world, recipe, sets, out, dry_run, log if world.main else _quiet, gpus)
+    world = _joined(gpus)
+    return _run(world, recipe, sets, out, dry_run, log if world.main else _quiet, gpus)
 
 
 def _run(w: _World, recipe: str, sets, out, dry_run: bool, log, gpus: int) -> dict:
