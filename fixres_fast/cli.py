@@ -358,9 +358,13 @@ def run(recipe, sets, out, dry_run, gpus):
     unchanged, redoes a changed stage and the stages after it that read its outputs, and continues an interrupted one
     (train from last.pt). OUT/report.md holds the results, each read from the stages' outputs.
 
-    On several nodes, run it under torchrun on each, with OUT on a file system they share: `torchrun --nnodes M
-    --nproc-per-node G --node-rank I --master-addr HOST --master-port PORT -m fixres_fast.cli run RECIPE`. Each train
-    stage runs on all M x G processes (the same stage, hash and weights as --gpus M x G on one machine); the other
+    On several nodes, run it under torchrun on each node I, with OUT on a file system they all share:
+
+    \b
+        torchrun --nnodes M --nproc-per-node G --node-rank I --master-addr HOST --master-port PORT \\
+          -m fixres_fast.cli run RECIPE
+
+    Each train stage runs on all M x G processes (the same stage and hash as --gpus M x G on one machine); the other
     stages run on rank 0 while the rest wait; rank 0 alone prints.
     """
     from .run import run as go
