@@ -303,5 +303,6 @@ def test_a_world_of_two_hashes_the_train_stages_as_gpus_2_does(recipe, tmp_path)
     from fixres_fast.run import _Builder, load
 
     _, doc, out = load(str(recipe), (), str(tmp_path))
-    gpus, world = ({s.name: (s.hash, s.every_process) for s in _Builder(doc, out, *n).build()} for n in ((2, 1), (1, 2)))
+    gpus, world = ({s.name: (s.hash, s.every_process) for s in _Builder(doc, out, *processes).build()}
+                   for processes in ((2, 1), (1, 2)))  # (--gpus, torchrun's WORLD_SIZE)
     assert gpus == world and world["train/32"][1] and not world["evaluate/32"][1]

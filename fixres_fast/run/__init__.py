@@ -16,14 +16,15 @@ folder. ``--dry-run`` prints that plan and runs nothing. ``--gpus N`` runs each 
 torchrun (:mod:`.worker`; its hash then covers N); adapt and the other stages run on one process.
 
 On several nodes, start the run itself under torchrun (``torchrun --nnodes M --nproc-per-node G ... -m
-fixres_fast.cli run RECIPE``, OUT on a file system every node shares): every process joins the world once, for the
-whole run. Rank 0 alone plans, runs the single-process stages (convert, adapt, evaluate, analyze, export, report),
-writes every stage's started.json and stage.json, and logs; the other processes wait for it (on a gloo group of
-their own, with a long timeout, :data:`STAGE_WAIT`) and learn from it the plan and each stage's outcome, so that a
-one-line error stops them all. Each train stage runs on all M x G processes, in each of them, as ``fixres-fast
-train`` under torchrun does; its hash covers M x G as it covers --gpus N, so that ``run --gpus 2`` and a torchrun of
-two processes train the same stage to the same weights. A process that dies makes torchrun stop the others; the
-same command continues from what was written (train from last.pt).
+fixres_fast.cli run RECIPE``, OUT on a file system every node shares): every process joins the world once (until it
+exits), for every run it makes. Rank 0 alone plans, runs the single-process stages (convert, adapt, evaluate,
+analyze, export, report), writes every stage's started.json and stage.json, and logs; the other processes wait for
+it (on a gloo group of their own, with a long timeout, :data:`STAGE_WAIT`) and learn from it the plan and each
+stage's outcome, so that a one-line error stops them all. Each train stage runs on all M x G processes, in each of
+them, as ``fixres-fast train`` under torchrun does; its hash covers M x G as it covers --gpus N, so that ``run
+--gpus 2`` and a torchrun of two processes train the same stage to the same weights (with as many threads per
+process). A process that dies makes torchrun stop the others; the same command continues from what was written
+(train from last.pt).
 
 This package is the top of fixres_fast, as :mod:`fixres_fast.demo` is: the one place besides it that calls several
 jobs. :mod:`.recipe` finds, overrides and checks recipes; :mod:`.stages` turns each table into stages that call the
