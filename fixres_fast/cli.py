@@ -347,7 +347,8 @@ def train(gpus, compile_, eval_res, **opts):
 @click.option("--gpus", default=1, show_default=True,
               help="Processes of each train stage on this machine, one per GPU (gloo CPU processes with "
                    "common.device=cpu), through torchrun; adapt and the other stages run on one. The train stages' "
-                   "settings include it: another --gpus trains them again.")
+                   "settings include it: another --gpus trains them again. Under torchrun (several nodes), leave it "
+                   "out: the train stages run on torchrun's processes.")
 @user_errors
 def run(recipe, sets, out, dry_run, gpus):
     """Run RECIPE: a recipe file, or the name of one shipped in pipelines/ (e.g. demo; an unknown name lists them).
@@ -356,6 +357,15 @@ def run(recipe, sets, out, dry_run, gpus):
     OUT/<stage>/ and is finished once its stage.json is written, last. A rerun skips finished stages whose settings are
     unchanged, redoes a changed stage and the stages after it that read its outputs, and continues an interrupted one
     (train from last.pt). OUT/report.md holds the results, each read from the stages' outputs.
+
+    On several nodes, run it under torchrun on each node I, with OUT on a file system they all share:
+
+    \b
+        torchrun --nnodes M --nproc-per-node G --node-rank I --master-addr HOST --master-port PORT \\
+          -m fixres_fast.cli run RECIPE
+
+    Each train stage runs on all M x G processes (the same stage and hash as --gpus M x G on one machine); the other
+    stages run on rank 0 while the rest wait; rank 0 alone prints.
     """
     from .run import run as go
 

@@ -2,16 +2,21 @@
 
 ``fixres-fast train --gpus N`` re-runs the same command under torchrun (``torch.distributed.run``),
 which sets RANK, WORLD_SIZE and LOCAL_RANK; on several nodes users call torchrun themselves and the
-code below reads the same variables. NCCL on GPUs, gloo on CPUs.
+code below reads the same variables. NCCL on GPUs, gloo on CPUs. ``fixres-fast run`` under torchrun joins the world
+once for all its stages and runs (:func:`joined`); the trainer then uses that group and leaves it be.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from .errors import UserError
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,7 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # setup() created the process group: teardown() destroys it
 
     @property
     def main(self) -> bool:
@@ -34,14 +40,48 @@ def setup(device: str) -> Dist:
     if dev.type == "cuda":
         dev = torch.device("cuda", local if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    owns = world > 1 and not dist.is_initialized()  # else it joins the group its caller made (fixres-fast run)
+    if owns:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank, world, local, dev)
+    return Dist(rank, world, local, dev, owns)
 
 
-def teardown() -> None:
-    if dist.is_initialized():
+def teardown(d: Dist) -> None:
+    """Leave the process group, where :func:`setup` created it."""
+    if d.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def world_size() -> int:
+    """The number of processes torchrun started (WORLD_SIZE; 1 without torchrun)."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"WORLD_SIZE={value!r}: expected a number of processes (torchrun sets it); unset it "
+                        "outside torchrun") from None
+
+
+_WAIT_GROUP = {}  # the group joined() made, once per process
+
+
+def joined(wait: timedelta):
+    """The world torchrun describes, joined by this process once, until it exits (joining again after leaving races
+    with the other processes' leaving, on torchrun's one store); returns a gloo group whose collectives wait up to
+    ``wait`` (processes waiting for one process's long single-process work). The default group, for the work done
+    on every process, keeps torch's default timeout and its backends by tensor: gloo for CPU tensors, NCCL for CUDA
+    ones where there are GPUs."""
+    if "group" in _WAIT_GROUP:
+        return _WAIT_GROUP["group"]
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    try:
+        dist.init_process_group(backend)
+    except (ValueError, RuntimeError) as e:  # e.g. WORLD_SIZE set by hand, without torchrun's other variables
+        raise UserError(f"WORLD_SIZE={world_size()} says this is one of torchrun's processes, but its world could not "
+                        f"be joined ({str(e).splitlines()[0]}); run under torchrun, or unset WORLD_SIZE") from None
+    atexit.register(dist.destroy_process_group)
+    _WAIT_GROUP["group"] = dist.new_group(backend="gloo", timeout=wait)
+    return _WAIT_GROUP["group"]
 
 
 def all_sum(values: list[float], d: Dist) -> list[float]:
@@ -66,3 +106,17 @@ def relaunch_under_torchrun(nproc: int, argv: list[str]) -> None:
     """Replace this process by ``torchrun --standalone --nproc-per-node nproc -m fixres_fast.cli ARGV``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(nproc, "fixres_fast.cli", argv)]
     os.execv(sys.executable, cmd)
+
+
+def from_main(value, group):
+    """Rank 0's ``value`` (any picklable object), on every process of ``group``; the others' ``value`` is unused."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
+
+
+def gathered(value, group) -> list:
+    """Every process's ``value`` (picklable), in rank order, on every process of ``group``."""
+    values = [None] * dist.get_world_size(group)
+    dist.all_gather_object(values, value, group=group)
+    return values

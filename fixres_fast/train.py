@@ -161,12 +161,13 @@ def metadata(cfg: TrainConfig, classes: list[str], epoch: int, results: dict, da
 
 def train(cfg: TrainConfig, log=print) -> dict:
     """Train; returns the last epoch's metrics, or {'interrupted': True, 'signal', 'epoch', 'step'} after a stop
-    request. Run as is, or under torchrun for several processes."""
+    request. Run as is, or under torchrun for several processes: it joins torchrun's process group, or uses the one
+    its caller joined (``fixres-fast run`` under torchrun), and destroys only a group it created."""
     d = setup(str(resolve_device(cfg.device)))
     try:
         return _train(cfg, d, log if d.main else (lambda *_: None))
     finally:
-        teardown()
+        teardown(d)
 
 
 def _train(cfg: TrainConfig, d: Dist, log) -> dict:

@@ -1,12 +1,17 @@
 """`fixres-fast run --gpus N`: the train stages on N processes through torchrun (here N gloo CPU processes, as CI
 runs it), learning what `fixres-fast train --gpus N` learns; SIGTERM and kill -9 mid-stage, then the same command,
-give the same weights; --gpus is part of the train stages' settings; and the paths that cannot work are one line."""
+give the same weights; --gpus is part of the train stages' settings; and the paths that cannot work are one line.
+`fixres-fast run` itself under torchrun on two "nodes" of this machine trains what --gpus 2 trains, and resumes
+after a process is killed."""
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,5 +170,139 @@ def one_line_error(args, env=None):
 
 def test_paths_that_cannot_work_are_one_line(recipe):
     assert "--gpus must be 1 or more" in one_line_error([str(recipe), "--gpus", "0", "--dry-run"])
-    under = one_line_error([str(recipe), "--dry-run"], env={"WORLD_SIZE": "16"})
-    assert "running under torchrun (WORLD_SIZE=16)" in under and "--gpus N" in under
+    under = one_line_error([str(recipe), "--dry-run", "--gpus", "2"], env={"WORLD_SIZE": "16"})
+    assert "--gpus 2 under torchrun (WORLD_SIZE=16)" in under and "drop --gpus" in under
+    alone = one_line_error([str(recipe), "--dry-run"], env={"WORLD_SIZE": "2"})  # without torchrun's other variables
+    assert "WORLD_SIZE=2 says this is one of torchrun's processes" in alone and "unset WORLD_SIZE" in alone
+
+
+# --- `fixres-fast run` itself under torchrun, as on several nodes -----------------------------------------------
+
+#: One thread per process in both worlds compared (torchrun sets it for --gpus 2's processes, not for one per node):
+#: the same sums in the same order, so the same weights.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _nodes(tmp_path, name, args):
+    """``fixres-fast run ARGS`` under two torchruns started together, one per "node" of this machine (a real
+    multi-node rendezvous: static, c10d store on node 0; one process each); [(process, stdout file, stderr file)]."""
+    port, started = _free_port(), []
+    for rank in (0, 1):
+        out, err = tmp_path / f"{name}-{rank}.out", tmp_path / f"{name}-{rank}.err"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
+               "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+               *cli("run", *args)[1:]]
+        started.append((subprocess.Popen(cmd, stdout=open(out, "w"), stderr=open(err, "w"),
+                                         env={**os.environ, **ONE_THREAD}), out, err))
+    return started
+
+
+def _ended(nodes):
+    """[(exit status, stdout, stderr)] of each node's torchrun."""
+    try:
+        return [(proc.wait(timeout=600), out.read_text(), err.read_text()) for proc, out, err in nodes]
+    finally:
+        for proc, _, _ in nodes:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def _worker_of(torchrun: int) -> int:
+    """The pid of the process torchrun ``torchrun`` started (its child running fixres_fast.cli)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == torchrun and b"fixres_fast.cli" in stat.with_name("cmdline").read_bytes():
+                return int(stat.parent.name)
+    raise AssertionError(f"torchrun {torchrun} runs no fixres_fast.cli process")
+
+
+def test_run_under_torchrun_on_two_nodes_trains_what_gpus_2_does_and_resumes_after_a_kill(recipe, two, tmp_path):
+    out = tmp_path / "out"
+    stage = out / "train" / "32"
+    first = _nodes(tmp_path, "first", (str(recipe), "--out", str(out)))
+    deadline = time.monotonic() + 600
+    while not (stage / "metrics.jsonl").exists() and time.monotonic() < deadline and first[0][0].poll() is None:
+        time.sleep(0.02)
+    os.kill(_worker_of(first[0][0].pid), signal.SIGKILL)  # rank 0, once epoch 0's last.pt is written
+    assert all(code != 0 for code, _, _ in _ended(first))  # torchrun stopped the other one too
+    assert not (stage / "stage.json").exists()
+    (code0, out0, err0), (code1, out1, err1) = _ended(_nodes(tmp_path, "again", (str(recipe), "--out", str(out))))
+    assert code0 == code1 == 0, err0[-3000:] + err1[-3000:]
+    assert "train/32                 resume  interrupted; continues from last.pt" in out0
+    assert out0.count("== report") == 1 and out1 == ""  # rank 0 alone runs the report and prints
+    ref, _ = two
+    mine, theirs = (json.loads((o / "train" / "32" / "stage.json").read_text()) for o in (out, ref))
+    assert mine["hash"] == theirs["hash"] and mine["config"] == theirs["config"] and mine["config"]["gpus"] == 2
+    assert mine["result"]["processes"] == 2 and mine["result"]["resumed_from_last_pt"]
+    assert same(weights(stage / "last.pt"), weights(ref / "train" / "32" / "last.pt"))
+    rows = [json.loads((o / "evaluate" / "32" / "evaluate.json").read_text())["rows"] for o in (out, ref)]
+    assert [r["top1"] for r in rows[0]] == [r["top1"] for r in rows[1]]
+    (code0, out0, _), (code1, out1, _) = _ended(_nodes(tmp_path, "dry", (str(recipe), "--out", str(out), "--dry-run")))
+    assert code0 == code1 == 0 and "1 of 4 stages to run" in out0 and out1 == ""
+
+
+def _world(tmp_path, name, per_node):
+    """The commands ``per_node`` (argv after python) on two processes of the world torchrun would describe (its
+    variables, set here): [(exit status, stdout, stderr)]."""
+    port, started = _free_port(), []
+    for rank, args in enumerate(per_node):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}
+        out, err = tmp_path / f"{name}-{rank}.out", tmp_path / f"{name}-{rank}.err"
+        started.append((subprocess.Popen([sys.executable, *args], stdout=open(out, "w"), stderr=open(err, "w"),
+                                         env=env), out, err))
+    return _ended(started)
+
+
+def test_an_error_on_rank_0_stops_every_process_with_its_line(recipe, tmp_path):
+    plain = cli("run", str(recipe), "--out", str(tmp_path / "out"), "--dry-run")[1:]
+    ended = _world(tmp_path, "error", ((*plain, "--set", "evaluate.bogus=1"), plain))  # rank 1 learns it from rank 0
+    for code, out, err in ended:
+        assert code == 1 and out == "" and err.startswith("Error: unknown key evaluate.bogus") and err.count("\n") == 1
+
+
+#: Each process: the recipe planned three times in one world (as demo --seeds N runs it N times), then with rank 1
+#: alone given the --set's argv[4:]: a UserError on every process. What it saw, in argv[3]/rankR.txt.
+TWICE = """
+import os, sys
+from pathlib import Path
+from fixres_fast.errors import UserError
+from fixres_fast.run import run
+
+recipe, out, seen_in = sys.argv[1:4]
+seen = [" ".join(str(len(run(recipe, out=out, dry_run=True)["plan"])) for _ in range(3))]
+try:
+    run(recipe, sets=sys.argv[4:] if os.environ["RANK"] == "1" else (), out=out, dry_run=True)
+except UserError as e:
+    seen.append(str(e))
+Path(seen_in, "rank" + os.environ["RANK"] + ".txt").write_text("\\n".join(seen))
+"""
+
+
+def test_runs_follow_each_other_in_one_world_and_processes_that_build_other_stages_stop_together(recipe, tmp_path):
+    script = tmp_path / "twice.py"
+    script.write_text(TWICE)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), str(recipe), str(tmp_path / "out"), str(tmp_path), "train.recipe.lr=0.1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = (f"rank 1: its stages differ from rank 0's ({recipe}, --out {tmp_path / 'out'}): give every node the same "
+            "recipe and --set's, and an OUT on a file system they all share")
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.txt").read_text().splitlines() == ["4 4 4", line]
+
+
+def test_a_world_of_two_hashes_the_train_stages_as_gpus_2_does(recipe, tmp_path):
+    from fixres_fast.run import _Builder, load
+
+    _, doc, out = load(str(recipe), (), str(tmp_path))
+    gpus, world = ({s.name: (s.hash, s.every_process) for s in _Builder(doc, out, *processes).build()}
+                   for processes in ((2, 1), (1, 2)))  # (--gpus, torchrun's WORLD_SIZE)
+    assert gpus == world and world["train/32"][1] and not world["evaluate/32"][1]

@@ -219,7 +219,9 @@ def _sha256(path: str) -> str | None:
 
 def _train_action(tab: dict, k: int, data: str):
     def action(d: Path, log, processes: int = 1) -> dict:
-        """``processes`` > 1 (``run --gpus N``): train through torchrun on that many processes (:mod:`.worker`)."""
+        """``processes`` > 1 (``run --gpus N``): train through torchrun on that many processes (:mod:`.worker`);
+        under an outer torchrun, this process is one of its world (its WORLD_SIZE)."""
+        from ..distributed import world_size
         from ..pretrained import init_source
         from . import Interrupted
         from ..train import train
@@ -237,7 +239,7 @@ def _train_action(tab: dict, k: int, data: str):
         final = k_train_at(k, cfg.recipe.epochs - 1)  # the checkpoint's K_train: its last epoch's
         schedule = {"res": str(k)} if isinstance(k, ResolutionSchedule) else {}
         return {"job": _plain(asdict(cfg)), "checkpoint": "last.pt", "k_train": final, **schedule,
-                "resumed_from_last_pt": resume, "processes": result.get("processes", 1)}
+                "resumed_from_last_pt": resume, "processes": result.get("processes", world_size())}
     return action
 
 
