@@ -40,7 +40,7 @@ setup(
         "dali": DALI,  # DALI for CUDA 12; nvidia-dali-cuda130 (CUDA 13) works as well: pip install '.[dali-cuda130]'
         "dali-cuda130": DALI_CUDA130,
         "all": FFCV + DALI,
-        "test": ["pytest>=8", "tensorboard>=2.15"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorboard>=2.15"],
         "tensorboard": ["tensorboard>=2.15"],
     },
     entry_points={"console_scripts": ["fixres-fast=fixres_fast.cli:main"]},

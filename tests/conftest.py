@@ -79,10 +79,10 @@ CPU = dict(backend="torch", device="cpu", workers=2)
 
 @pytest.fixture(scope="session")
 def composites(tmp_path_factory):
-    """Converted composites (3000 train, 1500 val, 64 px) and a fixres_cnn trained at 32 for each seed;
+    """Converted composites (2000 train, 1000 val, 64 px) and a fixres_cnn trained at 32 for each seed;
     'small': another 400 train + 200 val composites, for tests of what adaptation does rather than how well."""
     root = tmp_path_factory.mktemp("composites")
-    composite_tree(root / "src", n_train=3000, n_val=1500, seed=0)
+    composite_tree(root / "src", n_train=2000, n_val=1000, seed=0)
     composite_tree(root / "small-src", n_train=400, n_val=200, seed=1)
     out, small = root / "out", root / "small"
     for src, dst in ((root / "src", out), (root / "small-src", small)):

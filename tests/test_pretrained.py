@@ -261,7 +261,7 @@ def test_an_adapted_timm_model_exports_to_a_folder_timm_loads_with_the_same_logi
     ckpt, out = tmp_path / "lite2-288.pt", tmp_path / "export"
     res = CliRunner().invoke(main, ["adapt", "--weights", lite_weights(2), "--arch", "tf_efficientnet_lite2",
                                     "--data", str(photo_records["out"]), "--classes-map", str(photo_records["map"]),
-                                    "--test-res", "288", "--tune", tune, "--epochs", "2", "--batch-size", "10",
+                                    "--test-res", "288", "--tune", tune, "--epochs", "1", "--batch-size", "10",
                                     "--out", str(ckpt), *CPU])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(main, ["export", str(ckpt), str(out)])

@@ -19,6 +19,9 @@ from click.testing import CliRunner
 
 from fixres_fast.cli import main
 
+#: The checkout, for a script run by path (its own folder is sys.path[0], not the checkout)
+ROOT = str(Path(__file__).resolve().parents[1])
+
 #: A tiny recipe: 96 composites of 48 px, fixres_cnn at K_train 32, 3 epochs of 6 steps per process, B = 16.
 TINY = """
 [common]
@@ -291,7 +294,7 @@ def test_runs_follow_each_other_in_one_world_and_processes_that_build_other_stag
     script.write_text(TWICE)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(script), str(recipe), str(tmp_path / "out"), str(tmp_path), "train.recipe.lr=0.1"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
     assert done.returncode == 0, done.stderr[-3000:]
     line = (f"rank 1: its stages differ from rank 0's ({recipe}, --out {tmp_path / 'out'}): give every node the same "
             "recipe and --set's, and an OUT on a file system they all share")

@@ -82,15 +82,15 @@ def test_evaluate_and_adapt_refuse_resolutions_the_records_cannot_serve(tiny_run
 
 
 def test_auto_uses_the_training_images_there_are(composites, tmp_path):
-    """3000 training images, fewer than --auto-images 5000: 600 of them (0.2) are held out."""
+    """2000 training images, fewer than --auto-images 5000: 400 of them (0.2) are held out."""
     logs = []
     result = adapt(AdaptConfig(checkpoint=str(composites["runs"][0]), data=str(composites["data"]), k_test=None,
                                epochs=2, batch_size=64, lr=0.01, evaluate=False, out=str(tmp_path / "auto.pt"), **CPU),
                    log=logs.append)
     auto = result["auto"]
-    assert (auto["images"], auto["held_out"]) == (3000, 600)
+    assert (auto["images"], auto["held_out"]) == (2000, 400)
     assert set(auto["top1"]) == {32, 64} and min(auto["top1"].values()) > 20  # 10 classes: chance is 10%
-    assert any("on the 600 held-out training images" in line for line in logs)
+    assert any("on the 400 held-out training images" in line for line in logs)
 
 
 def test_auto_refuses_a_held_out_slice_too_small_to_decide(composites, tmp_path):
