@@ -34,7 +34,7 @@ class Dist:
 
 def setup(device: str) -> Dist:
     """Join the process group torchrun described, if any, and pick this process's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = torch.device(device)
     if dev.type == "cuda":
