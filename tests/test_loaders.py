@@ -663,6 +663,24 @@ def test_shards_are_disjoint_and_cover(imagenet_records, backend):
     assert got == [want[0::2], want[1::2]]
 
 
+@pytest.mark.parametrize("backend", each(BACKENDS))
+def test_no_whole_batch_and_an_empty_shard_give_no_batches(imagenet_records, backend):
+    """A training loader whose batch is larger than its split, and an evaluation shard without records (more
+    processes than records), yield no batches on every backend, as a DataLoader dropping its last batch does."""
+    from fixres_fast.loaders.source import open_source
+
+    out = imagenet_records["out"]
+    n = len(open_source(out, "train"))
+    for training in (False, True):
+        loader = make_loader(backend, make_spec("train" if training else "test", 32), out, "train", workers=1,
+                             batch_size=n + 1 if training else 4, training=training,
+                             world_size=1 if training else n + 1, rank=0 if training else n)
+        assert len(loader) == 0 and loader.epoch_length == 0
+        assert list(loader) == [] and list(loader) == []  # and again, the next epoch
+    full = make_loader(backend, make_spec("train", 32), out, "train", workers=1, batch_size=n, training=True)
+    assert [y.shape[0] for _, y in full] == [n]  # one whole batch still comes
+
+
 @pytest.fixture(scope="module")
 def damaged_records(imagenet_records, tmp_path_factory):
     """A copy of the conversion whose val record 2 is garbage (same length) in the .beton and the .rec shards."""

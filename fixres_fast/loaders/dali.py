@@ -209,6 +209,8 @@ class DALILoader(BatchLoader):
         self.iterator = None
 
     def __iter__(self):
+        if len(self) == 0:  # no whole batch to train on, or an empty shard: no batches, as from the other backends
+            return iter(())  # (DALI's iterator refuses a pipeline with nothing to read)
         if self.iterator is None:
             self.iterator = DALIGenericIterator([self.pipe], ["image", "label"], auto_reset=False,
                                                 last_batch_policy=LastBatchPolicy.PARTIAL)
