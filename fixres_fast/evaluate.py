@@ -17,6 +17,7 @@ import torch
 from . import artifacts, checkpoint, progress
 from .engine import predict
 from .errors import UserError
+from .spec import DA_NAMES
 
 FOLDS = 10  # the paper's leave-one-out folds
 
@@ -96,7 +97,7 @@ def evaluate(cfg: EvalConfig, log=print) -> list[dict]:
 
 def _row(path, meta: checkpoint.CheckpointMeta, res: str, s: dict) -> dict:
     return {"checkpoint": str(path), "train_res": meta.k_train, "adapted_at": meta.adapted("k_test"),
-            "tune": meta.adapted("tune"), "res": res, **s}
+            "tune": meta.adapted("tune"), "aug": meta.adapted("aug"), "res": res, **s}
 
 
 def _line(row: dict, num_classes: int) -> str:
@@ -122,6 +123,24 @@ def write_results(rows: list[dict], cfg: EvalConfig, out) -> dict[str, Path]:
     return paths
 
 
+def curve_labels(rows: list[dict]) -> dict[str, str]:
+    """{checkpoint: its curve's label}: the train resolution, and where adapted the K_test, the tuned layers and the
+    fine-tuning's DA; where two checkpoints would still read alike (variants of one network, networks trained at
+    one K_train), each label ends with the folder that tells them apart (the run's stage, e.g. adapt/32-64-test2)."""
+    labels = {}
+    for r in rows:
+        if r["checkpoint"] not in labels:
+            aug = f", {DA_NAMES.get(r['aug'], r['aug'])}" if r.get("aug") else ""
+            labels[r["checkpoint"]] = (f"train {r['train_res']}, adapted at {r['adapted_at']} ({r['tune']}{aug})"
+                                       if r["adapted_at"] else f"train {r['train_res']}, no adaptation")
+    alike = [label for label in labels.values() if list(labels.values()).count(label) > 1]
+    for ckpt, label in labels.items():
+        if label in alike:
+            parts = Path(ckpt).parts
+            labels[ckpt] = f"{label}: {'/'.join(parts[-3:-1]) if len(parts) > 2 else ckpt}"
+    return labels
+
+
 def plot_accuracy(rows: list[dict], path) -> None:  # path: a file name or a binary file
     """Top-1 against K_test, one curve per checkpoint: before adaptation (train resolution only) and after
     (adapted at a K_test), as in Fig. 5; each adapted checkpoint's own K_test is ringed. Ensembles are left out."""
@@ -131,15 +150,14 @@ def plot_accuracy(rows: list[dict], path) -> None:  # path: a file name or a bin
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    labels = curve_labels(rows)
     for ckpt in dict.fromkeys(r["checkpoint"] for r in rows):
         own = sorted((int(r["res"]), r) for r in rows if r["checkpoint"] == ckpt and r["res"].isdigit())
         if not own:
             continue
         first = own[0][1]
-        label = (f"train {first['train_res']}, adapted at {first['adapted_at']} ({first['tune']})" if first["adapted_at"]
-                 else f"train {first['train_res']}, no adaptation")
         res, top1 = [k for k, _ in own], [r["top1"] for _, r in own]
-        line, = ax.plot(res, top1, "o-" if first["adapted_at"] else "s--", label=label)
+        line, = ax.plot(res, top1, "o-" if first["adapted_at"] else "s--", label=labels[ckpt])
         ax.errorbar(res, top1, yerr=[r["top1_std"] for _, r in own], fmt="none", color=line.get_color(), capsize=2)
         if first["adapted_at"] in res:
             ax.plot([first["adapted_at"]], [top1[res.index(first["adapted_at"])]], "o", ms=12, mfc="none",

@@ -151,6 +151,8 @@ class TrainFixedDA(Pixels):
 
 
 MODES = {"train": TrainDA, "test": TestDA, "test2": TestDA2, "train-fixed": TrainFixedDA}
+#: Each mode's name in the paper's words (reports, legends).
+DA_NAMES = {"train": "train DA", "test": "test DA", "test2": "test DA2", "train-fixed": "train DA without RoC (App. D)"}
 #: The training modes: a loader shuffles, repeats (RA) and drops the last partial batch for these by default
 #: (LoaderConfig.training), and their resolution is K_train. The others are test DA's, used for fine-tuning too.
 TRAIN_SPECS = (TrainDA, TrainFixedDA)

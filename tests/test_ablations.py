@@ -172,3 +172,19 @@ def test_a_recipe_without_variants_keeps_its_stages_and_hashes(tmp_path):
     recipe.write_text(PLAIN)
     _, doc, out = load(str(recipe), [], str(tmp_path / "out"))
     assert {s.name: s.hash for s in _Builder(doc, out).build()} == PLAIN_HASHES
+
+
+def test_fig5_tells_every_curve_apart(ablations):
+    """accuracy.png's legend: one label per checkpoint, the variants that share a tune told apart by their DA, and
+    the two networks trained at 32 (train DA, train-fixed) by their stage."""
+    from fixres_fast.evaluate import curve_labels
+
+    out = ablations[0]
+    every = [r for net in ("32-rrc", "32-fixed") for r in rows(out, net).values()]
+    labels = curve_labels(every)
+    assert len(labels) == 2 + len(VARIANTS) and len(set(labels.values())) == len(labels)
+    by_folder = {c.split("/")[-2]: label for c, label in labels.items()}
+    assert by_folder["32-rrc-48-bn-fc-test"] == "train 32, adapted at 48 (bn+fc, test DA)"
+    assert by_folder["32-rrc-48-bn-fc-test2"] == "train 32, adapted at 48 (bn+fc, test DA2)"
+    assert by_folder["32-rrc"] == "train 32, no adaptation: train/32-rrc"
+    assert by_folder["32-fixed"] == "train 32, no adaptation: train/32-fixed"

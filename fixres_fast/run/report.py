@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from ..artifacts import replacing, write_text
+from ..spec import DA_NAMES
 
 
 def _read(path: Path):
@@ -105,7 +106,6 @@ def table5(res: Results) -> list[str]:
 
 #: How Table 6 names what a variant fine-tunes (AdaptConfig.tune) and its data augmentation (AdaptConfig.aug).
 TUNED = {"fc": "classifier", "bn+fc": "batch-norm + classifier"}
-DA = {"train": "train DA", "test": "test DA", "test2": "test DA2"}
 
 
 def table6(res: Results) -> list[str]:
@@ -119,7 +119,7 @@ def table6(res: Results) -> list[str]:
     for net in nets:
         body.append([_label(res, net), "no fine-tuning", "-", "n/a", *(_cell(res.row(net, k)) for k in ks)])
         for v, (tune, aug) in res.variants(net).items():
-            body.append(["", v, TUNED.get(tune, tune), DA.get(aug, aug), *(_cell(res.row(net, k, k, v)) for k in ks)])
+            body.append(["", v, TUNED.get(tune, tune), DA_NAMES.get(aug, aug), *(_cell(res.row(net, k, k, v)) for k in ks)])
     return ["## Ablation: what is fine-tuned, with which data augmentation (Table 6's shape)", "",
             "Each variant fine-tuned at K_test and tested at K_test (top-1 ± leave-one-out std); \"no fine-tuning\" "
             "is the network as trained, tested at K_test.", "",
