@@ -12,6 +12,15 @@ DA2 or train DA, or when the cache would exceed ``cache_mib``, each epoch stream
 trunk in eval mode. ``k_test=None`` (``--test-res auto``) adapts at each candidate K_test (multiples
 of 32, Appendix B) on part of a slice of the training set, measures top-1 on the rest of that slice,
 keeps the best, and reports Eq. 5's prediction beside it.
+
+On several processes (torchrun; ``fixres-fast adapt --gpus N``; or the world ``fixres-fast run`` joined), every
+process runs ``adapt`` and reads its shard of each split (records r, r + W, ...). The frozen trunk's pass, the cost,
+is split over them: each caches its shard, and the shards are gathered back into stored order, so that every process
+holds the whole cache and fits the tuned layers on it identically, as one process does (the same weights, up to the
+float noise of the trunk's pass). The pooled vectors of the Fréchet fit are gathered the same way; bn-stats averages
+the processes' statistics, each weighted by the images it saw; a streamed fine-tuning is data-parallel as training
+is (B / W images a process, DDP averaging the gradients). The val top-1 is summed over the shards. Rank 0 alone logs
+and writes the checkpoint; every process returns its result.
 """
 from __future__ import annotations
 
@@ -29,7 +38,8 @@ from . import checkpoint, frechet, progress
 from .artifacts import git_revision
 from .checkpoint import CheckpointMeta, pixels_of
 from .data import backend_for, check_res, data_record, label_map
-from .distributed import Dist
+from .distributed import (Dist, all_gather_rows, all_sum, data_parallel, from_main, from_rank_0, setup, teardown,
+                          weighted_mean)
 from .engine import autocast, evaluate_loader, limited, pooled_features, train_step
 from .errors import UserError
 from .geometry import RESOLUTION_STEP, k_test_calibrated, suggest_k_test
@@ -82,6 +92,7 @@ class _Job:
     device: torch.device
     dtype: torch.dtype | None
     backend: str
+    d: Dist = Dist()  # the processes adapting together (each reads its shard of every split)
 
     def loader(self, k: int, mode: str = "test", training: bool = False, split: str = "train", batch_size: int = 0):
         """Images at resolution ``k`` with ``mode``'s DA (test DA with the checkpoint's resize ratio); in stored
@@ -89,10 +100,18 @@ class _Job:
         from .loaders import LoaderConfig, make_loader
 
         spec = self.meta.test_spec(k) if mode == "test" else make_spec(mode, k, **pixels_of(self.meta.test_da))
-        c = LoaderConfig(batch_size=batch_size or self.cfg.batch_size, device=str(self.device), seed=self.cfg.seed,
-                         workers=self.cfg.workers, training=training, on_corrupt=self.cfg.on_corrupt,
-                         label_map=label_map(self.classes_map, self.data))
+        c = LoaderConfig(batch_size=batch_size or self.cfg.batch_size, device=str(self.device), rank=self.d.rank,
+                         world_size=self.d.world_size, seed=self.cfg.seed, workers=self.cfg.workers, training=training,
+                         on_corrupt=self.cfg.on_corrupt, label_map=label_map(self.classes_map, self.data))
         return make_loader(self.backend, spec, self.data, split, c)
+
+    def share(self, limit: int | None) -> int | None:
+        """How many of the split's first ``limit`` images are in this process's shard (None: all of it)."""
+        return None if limit is None else len(range(self.d.rank, limit, self.d.world_size))
+
+    def bar(self, loader, desc: str, limit: int | None = None):
+        """``loader``'s batches, counted on a progress bar (rank 0's) of its first ``limit`` images."""
+        return progress.images(loader, desc, int(min(limit or math.inf, loader.epoch_length)), enabled=self.d.main)
 
     @property
     def k_train(self) -> int:
@@ -100,42 +119,19 @@ class _Job:
 
 
 def adapt(cfg: AdaptConfig, log=print) -> dict:
-    """Adapt ``cfg.checkpoint`` to K_test and save it; returns the new checkpoint's 'adaptation' metadata."""
-    _check_options(cfg)
-    device = resolve_device(cfg.device)
-    model, meta = checkpoint.open_model(cfg.checkpoint, device, log)
-    data, cmap = checkpoint.data_for(meta, cfg.data, cfg.checkpoint, cfg.classes_map)
-    job = _Job(cfg, meta, data, cmap, device, amp_dtype(cfg.amp, device), backend_for(cfg.backend, device, data))
-    tuned_modules(model, cfg.tune if cfg.method == "finetune" else "fc", cfg.bn_scope, job.k_train)  # fail early
-    t0 = time.perf_counter()
-    auto = None
-    if cfg.k_test is None:
-        k_test, auto = choose_k_test(model, job, log)
-    else:
-        k_test = check_res(job.meta.test_spec(cfg.k_test), job.data, "--test-res")
-    t_auto = time.perf_counter() - t0
-    before = _val_top1(model, job, k_test, "before", log)
-    t1 = time.perf_counter()
-    info = adapt_at(model, job, k_test, log)
-    seconds = time.perf_counter() - t1
-    after = _val_top1(model, job, k_test, "after", log)
-    if before is not None:
-        log(f"val top-1 at K_test={k_test}: {before:.2f}% before, {after:.2f}% after adaptation")
-    result = {"k_test": k_test, "method": cfg.method, "tune": cfg.tune, "bn_scope": cfg.bn_scope, "aug": cfg.aug,
-              "batch_size": cfg.batch_size, "lr": finetune_recipe(1, cfg.batch_size, cfg.lr).base_lr,
-              "data": os.path.abspath(job.data), "from": os.path.abspath(str(cfg.checkpoint)), "seconds": seconds,
-              "seconds_auto": t_auto, "auto": auto,
-              "val_top1_before": before, "val_top1_after": after, **info}
-    src = Path(str(cfg.checkpoint))
-    here = src.parent if not isinstance(cfg.checkpoint, Pretrained) else Path()  # pretrained weights: maybe read-only
-    out = Path(cfg.out) if cfg.out else here / f"{src.stem}-adapted{k_test}.pt"
-    checkpoint.save(out, model, replace(meta, k_test=k_test, test_da=meta.test_spec(k_test), revision=git_revision(),
-                                        adaptation=result, data=data_record(job.data), classes_map=cmap))
-    log(f"adapted in {seconds:.1f} s; wrote {out}")
-    return {**result, "out": str(out)}
+    """Adapt ``cfg.checkpoint`` to K_test and save it; returns the new checkpoint's 'adaptation' metadata (with
+    'out'). Run as is, or under torchrun on several processes: it joins torchrun's process group, or uses the one its
+    caller joined (``fixres-fast run`` under torchrun), and destroys only a group it created."""
+    d = setup(str(resolve_device(cfg.device)))
+    try:
+        check(cfg, d.world_size)
+        return _adapt(cfg, d, log if d.main else (lambda *_: None))
+    finally:
+        teardown(d)
 
 
-def _check_options(cfg: AdaptConfig) -> None:
+def check(cfg: AdaptConfig, processes: int = 1) -> None:
+    """Refuse, in one line, options that cannot work on ``processes`` processes (the CLI asks before starting them)."""
     for name, value, allowed in (("--tune", cfg.tune, TUNE), ("--aug", cfg.aug, AUGS), ("--method", cfg.method, METHODS),
                                  ("--bn-scope", cfg.bn_scope, BN_SCOPES)):
         if value not in allowed:
@@ -144,13 +140,70 @@ def _check_options(cfg: AdaptConfig) -> None:
         raise UserError(f"expected --epochs >= 1 and --batch-size >= 2 (BN needs 2 images), got {cfg.epochs} and {cfg.batch_size}")
     if cfg.k_test is not None and cfg.k_test <= 0:
         raise UserError(f"--test-res must be a positive number of pixels (or 'auto'), got {cfg.k_test}")
+    if _streams(cfg):  # where a too large cache makes it stream, it is checked then
+        _per_process_batch(cfg, processes)
 
 
-def _val_top1(model, job: _Job, k: int, when: str, log) -> float | None:
-    """Top-1 on the validation split at ``k`` (``when``: before or after adaptation, for the bar); None where the
-    data set has no validation split (said once). Any other problem with the split (a missing file) is an error."""
+def _adapt(cfg: AdaptConfig, d: Dist, log) -> dict:
+    model, meta = checkpoint.open_model(cfg.checkpoint, d.device, log)
+    data, cmap = checkpoint.data_for(meta, cfg.data, cfg.checkpoint, cfg.classes_map)
+    backend = backend_for(cfg.backend, d.device, data)
+    job = _Job(cfg, meta, data, cmap, d.device, amp_dtype(cfg.amp, d.device), backend, d)
+    tuned_modules(model, cfg.tune if cfg.method == "finetune" else "fc", cfg.bn_scope, job.k_train)  # fail early
+    t0 = time.perf_counter()
+    auto = None
+    if cfg.k_test is None:
+        k_test, auto = choose_k_test(model, job, log)
+    else:
+        k_test = check_res(job.meta.test_spec(cfg.k_test), job.data, "--test-res")
+    t_auto = time.perf_counter() - t0
+    before = _val(model, job, k_test, "before", log)
+    t1 = time.perf_counter()
+    info = adapt_at(model, job, k_test, log)
+    seconds = time.perf_counter() - t1
+    after = _val(model, job, k_test, "after", log)
+    if before[0] is not None:
+        log(f"val top-1 at K_test={k_test}: {before[0]:.2f}% before, {after[0]:.2f}% after adaptation")
+    result = {"k_test": k_test, "method": cfg.method, "tune": cfg.tune, "bn_scope": cfg.bn_scope, "aug": cfg.aug,
+              "batch_size": cfg.batch_size, "lr": finetune_recipe(1, cfg.batch_size, cfg.lr).base_lr,
+              "data": os.path.abspath(job.data), "from": os.path.abspath(str(cfg.checkpoint)), "seconds": seconds,
+              "seconds_auto": t_auto, "auto": auto, "processes": d.world_size,
+              "val_top1_before": before[0], "val_top1_after": after[0], "val_loss_before": before[1],
+              "val_loss_after": after[1], **info}
+    src = Path(str(cfg.checkpoint))
+    here = src.parent if not isinstance(cfg.checkpoint, Pretrained) else Path()  # pretrained weights: maybe read-only
+    out = Path(cfg.out) if cfg.out else here / f"{src.stem}-adapted{k_test}.pt"
+    if d.main:
+        checkpoint.save(out, model, replace(meta, k_test=k_test, test_da=meta.test_spec(k_test),
+                                            revision=git_revision(), adaptation=result, data=data_record(job.data),
+                                            classes_map=cmap))
+    log(f"adapted in {seconds:.1f} s; wrote {out}")
+    result = {**result, "out": str(out)}
+    return result if d.world_size == 1 else from_main(result, None)  # rank 0's (its times), once it has saved
+
+
+def _streams(cfg: AdaptConfig) -> bool:
+    """Whether the fine-tuning streams through the trunk whatever the cache would hold (not test DA, or --no-cache)."""
+    return cfg.method == "finetune" and cfg.tune != "bn-stats" and (cfg.aug != "test" or not cfg.cache)
+
+
+def _per_process_batch(cfg: AdaptConfig, processes: int) -> int:
+    """B / W: each process's share of a streamed fine-tuning's batch (data-parallel, as training is)."""
+    if cfg.batch_size % processes:
+        why = (f"--aug {cfg.aug}" if cfg.aug != "test" else "--no-cache" if not cfg.cache else
+               f"a cache larger than --cache-mib {cfg.cache_mib}")
+        raise UserError(f"--batch-size {cfg.batch_size} (over all processes) must divide by the {processes} processes: "
+                        f"with {why} the fine-tuning streams through the trunk, B / {processes} images a process; "
+                        f"use e.g. --batch-size {(cfg.batch_size // processes + 1) * processes}")
+    return cfg.batch_size // processes
+
+
+def _val(model, job: _Job, k: int, when: str, log) -> tuple[float | None, float | None]:
+    """(top-1 %, mean cross-entropy) on the validation split at ``k`` (``when``: before or after adaptation, for the
+    bar); Nones where the data set has no validation split (said once). Any other problem with the split (a missing
+    file) is an error."""
     if not job.cfg.evaluate:
-        return None
+        return None, None
     from .loaders.source import MissingSplit
 
     try:
@@ -158,8 +211,9 @@ def _val_top1(model, job: _Job, k: int, when: str, log) -> float | None:
     except MissingSplit:
         if when == "before":
             log(f"{job.data} has no validation split: top-1 before and after adaptation is not measured")
-        return None
-    return evaluate_loader(model, loader, Dist(device=job.device), job.dtype, f"val @ {k}, {when} adaptation")[0]
+        return None, None
+    top1, _, loss, _ = evaluate_loader(model, loader, job.d, job.dtype, f"val @ {k}, {when} adaptation")
+    return top1, loss
 
 
 # --- One adaptation at K_test ---------------------------------------------------------------------------
@@ -172,47 +226,48 @@ def adapt_at(model, job: _Job, k: int, log) -> dict:
         return {"frechet": fit_equalizer(model, job, k, log)}
     tuned = tuned_modules(model, cfg.tune, cfg.bn_scope, k)
     if cfg.tune == "bn-stats":
-        loader = _with_bar(job.loader(k), f"BN statistics @ {k}", cfg.stats_images)
-        reestimate_bn(model, tuned.values(), limited((((x,), y) for x, y in loader), cfg.stats_images), job.dtype)
+        share = job.share(cfg.stats_images)
+        loader = job.bar(job.loader(k), f"BN statistics @ {k}", share)
+        seen = reestimate_bn(model, tuned.values(), limited((((x,), y) for x, y in loader), share), job.dtype)
+        weighted_mean([s for bn in tuned.values() for s in (bn.running_mean, bn.running_var)], seen, job.d)
         return {"tuned": list(tuned), "cached": False}
     cached = _cache(model, tuned, job, k, log) if cfg.aug == "test" and cfg.cache else None
     adaptation_mode(model, tuned.values())
-    if cached is not None:
+    if cached is not None:  # the same cache on every process: each fits the same layers identically
         tail, inputs, labels = cached
         batches = lambda epoch: _shuffled(inputs, labels, cfg.batch_size, seed_for(cfg.seed, 0, epoch, Stream.ADAPT))
         steps = max(1, labels.shape[0] // cfg.batch_size)
     else:
-        tail, loader = model, job.loader(k, cfg.aug, training=True)
-        steps = len(loader)
+        loader = job.loader(k, cfg.aug, training=True, batch_size=_per_process_batch(cfg, job.d.world_size))
+        tail, steps = data_parallel(model, job.d), len(loader)
 
         def batches(epoch):
             loader.set_epoch(epoch)
             return (((x,), y) for x, y in loader)
     epochs = cfg.epochs or adapt_epochs(cached is not None)
     fit(tail, list(tuned.values()), batches, steps, epochs, job, log)
+    if cached is None:  # each BN's running statistics are its own process's batches': rank 0's are saved
+        from_rank_0([t for m in tuned.values() for t in m.state_dict().values()], job.d)
     model.eval()
     return {"tuned": list(tuned), "cached": cached is not None, "epochs": epochs}
 
 
-def _with_bar(loader, desc: str, limit: int | None = None):
-    """``loader``'s batches, counted on a progress bar of its first ``limit`` images."""
-    return progress.images(loader, desc, int(min(limit or math.inf, loader.epoch_length)))
-
-
 def _cache(model, tuned, job: _Job, k: int, log, limit: int | None = None):
     """(tail, inputs, labels): the frozen trunk's outputs that the tuned layers need, over the training set
-    (in stored order, the first ``limit`` images) with test DA at ``k``; None where they cannot be cached."""
+    (in stored order, the first ``limit`` images) with test DA at ``k``; None where they cannot be cached. Each
+    process runs the trunk over its shard; every process gets the whole cache."""
     split = split_at(model, tuned, k)
     if split is None:
         log("streaming through the trunk every epoch: torch.fx cannot cut this model before its tuned layers")
         return None
     head, tail = split
     loader = job.loader(k)
-    n = int(min(limit or math.inf, loader.epoch_length))
+    n = int(min(limit or math.inf, loader.sampler.num_samples))  # over all processes
     outs, labels = [], []
     model.eval()
     with torch.no_grad(), autocast(job.device.type, job.dtype):
-        for x, y in limited(_with_bar(loader, f"caching the frozen trunk @ {k}", limit), limit):
+        share = job.share(limit)
+        for x, y in limited(job.bar(loader, f"caching the frozen trunk @ {k}", share), share):
             outs.append(head(x))
             labels.append(y)
             if len(outs) == 1:
@@ -221,10 +276,25 @@ def _cache(model, tuned, job: _Job, k: int, log, limit: int | None = None):
                     log(f"streaming through the trunk every epoch: caching it would take {mib:.0f} MiB "
                         f"> --cache-mib {job.cfg.cache_mib}")
                     return None
-    inputs = tuple(torch.cat(parts)[:n] for parts in zip(*outs))
+    mine = [*(torch.cat(parts) for parts in zip(*outs)), torch.cat(labels)]
+    *inputs, labels = _in_stored_order(loader, mine, job.d, n)
+    shared = f"; each of {job.d.world_size} processes ran it over ~{mine[-1].shape[0]}" if job.d.world_size > 1 else ""
     log(f"cached the frozen trunk's output for {inputs[0].shape[0]} images at K_test={k} "
-        f"({sum(t.nelement() * t.element_size() for t in inputs) / 2 ** 20:.0f} MiB)")
-    return tail, inputs, torch.cat(labels)[:n]
+        f"({sum(t.nelement() * t.element_size() for t in inputs) / 2 ** 20:.0f} MiB{shared})")
+    return tail, tuple(inputs), labels
+
+
+def _in_stored_order(loader, tensors: list, d: Dist, n: int) -> list:
+    """``tensors``, whose rows are the images this process read of ``loader``'s evaluation epoch (its shard: records
+    r, r + W, ...), with every other process's, in stored order, the first ``n``: on every process what one process
+    reading the split in order holds."""
+    if d.world_size > 1:
+        idx = loader.epoch_indices()
+        idx = idx[loader.damaged.verdict.numpy()[idx] != 2][:tensors[0].shape[0]]  # less those --on-corrupt skip left out
+        *tensors, index = all_gather_rows([*tensors, torch.from_numpy(idx)], d)
+        order = index.argsort()
+        tensors = [t[order] for t in tensors]
+    return [t[:n] for t in tensors]
 
 
 def _shuffled(inputs, labels, batch_size: int, seed: int):
@@ -244,7 +314,7 @@ def fit(tail, modules, batches, steps: int, epochs: int, job: _Job, log) -> None
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=recipe.base_lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     scaler = torch.amp.GradScaler(job.device.type) if job.dtype == torch.float16 else None
-    bar = progress.bar(recipe.epochs, "adapt", unit="epoch")
+    bar = progress.bar(recipe.epochs, "adapt", unit="epoch", enabled=job.d.main)
     for epoch in range(recipe.epochs):
         total, n = torch.zeros((), device=job.device), 0
         for i, (inputs, labels) in enumerate(batches(epoch)):
@@ -252,7 +322,8 @@ def fit(tail, modules, batches, steps: int, epochs: int, job: _Job, log) -> None
                 g["lr"] = recipe.lr_at(epoch + i / steps)
             total += train_step(tail, tuple(inputs), labels, optimizer, F.cross_entropy, job.dtype, scaler)
             n += 1
-        last = total.item() / max(n, 1)
+        loss_sum, steps_done = all_sum([total.item(), n], job.d)  # over the processes (a streamed fine-tuning's)
+        last = loss_sum / max(steps_done, 1)
         bar.set_postfix(loss=f"{last:.4f}", lr=f"{recipe.lr_at(epoch):.2e}", refresh=False)
         bar.update()
     bar.close()
@@ -260,8 +331,9 @@ def fit(tail, modules, batches, steps: int, epochs: int, job: _Job, log) -> None
 
 
 @torch.no_grad()
-def reestimate_bn(tail, bns, batches, dtype=None) -> None:
-    """Replace the running statistics of ``bns`` by their averages over ``batches`` (no labels, no gradients)."""
+def reestimate_bn(tail, bns, batches, dtype=None) -> int:
+    """Replace the running statistics of ``bns`` by their averages over ``batches`` (no labels, no gradients);
+    returns the number of images."""
     adaptation_mode(tail, [])
     saved = {}
     for bn in bns:
@@ -269,14 +341,17 @@ def reestimate_bn(tail, bns, batches, dtype=None) -> None:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the pass
         bn.train()
+    images = 0
     try:
         for inputs, _ in batches:
             with autocast(inputs[0].device.type, dtype):
                 tail(*inputs)
+            images += inputs[0].shape[0]
     finally:
         for bn, momentum in saved.items():
             bn.momentum = momentum
         tail.eval()
+    return images
 
 
 # --- The Fréchet equalisation (Appendix A.1) -----------------------------------------------------------
@@ -286,8 +361,8 @@ def fit_equalizer(model, job: _Job, k: int, log, limit: int | None = None) -> di
     """Fit the pooled activations' Fréchet law at K_train and at ``k`` on training images (test DA) and
     attach the affine map between them before the classifier; returns its parameters."""
     limit = limit or job.cfg.stats_images
-    ref = frechet.fit_frechet(_pooled(model, job, job.k_train, limit))
-    observed = frechet.fit_frechet(_pooled(model, job, k, limit))
+    ref = frechet.fit_frechet(_pooled(model, job, job.k_train, limit)[0].numpy())
+    observed = frechet.fit_frechet(_pooled(model, job, k, limit)[0].numpy())
     scale, shift = frechet.equalizer(ref, observed)
     frechet.attach(classifier(model), scale, shift)
     sign = "-" if shift < 0 else "+"
@@ -296,9 +371,13 @@ def fit_equalizer(model, job: _Job, k: int, log, limit: int | None = None) -> di
     return {"xi": frechet.XI, "reference": ref, "observed": observed, "scale": scale, "shift": shift}
 
 
-def _pooled(model, job: _Job, k: int, limit: int):
-    """The pooled activations (numpy, N x C) of the first ``limit`` training images at ``k`` with test DA."""
-    return pooled_features(model, _with_bar(job.loader(k), f"pooled activations @ {k}", limit), limit)[0].numpy()
+def _pooled(model, job: _Job, k: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled activations (N x C), labels) on the CPU of the first ``limit`` training images at ``k`` with test DA,
+    every process's shard gathered."""
+    loader, share = job.loader(k), job.share(limit)
+    x, y = pooled_features(model, job.bar(loader, f"pooled activations @ {k}", share), share)
+    x, y = _in_stored_order(loader, [x, y], job.d, min(limit, loader.sampler.num_samples))
+    return x.cpu(), y.cpu()
 
 
 # --- --test-res auto ---------------------------------------------------------------------------------
@@ -364,7 +443,7 @@ def _held_out_top1(model, job: _Job, k: int, n: int, n_fit: int, log) -> float:
     cfg = job.cfg
     if cfg.method == "frechet":
         fit_equalizer(model, job, k, log, limit=n_fit)
-        x, y = pooled_features(model, job.loader(k), n)
+        x, y = _pooled(model, job, k, n)
         return _top1(classifier(model), (x[n_fit:].to(job.device),), y[n_fit:].to(job.device))
     tuned = tuned_modules(model, cfg.tune, cfg.bn_scope, k)
     cached = _cache(model, tuned, job, k, log, limit=n)

@@ -266,6 +266,24 @@ def run_options(fn):
     return fn
 
 
+GPUS_HELP = ("Processes on this machine, one per GPU (gloo CPU processes with --device cpu); runs the same command "
+             "under torchrun. On several nodes, call torchrun yourself.")
+
+
+def _on_processes(gpus: int) -> None:
+    """With --gpus N > 1 outside torchrun: become ``torchrun --nproc-per-node N`` running this command without it."""
+    import sys
+
+    from .distributed import relaunch_under_torchrun
+
+    if gpus < 1:
+        raise UserError(f"--gpus must be 1 or more (processes on this machine), got {gpus}")
+    if gpus > 1 and "WORLD_SIZE" not in os.environ:
+        args = sys.argv[1:]
+        i = next(k for k, a in enumerate(args) if a == "--gpus" or a.startswith("--gpus="))
+        relaunch_under_torchrun(gpus, args[:i] + args[i + (1 if "=" in args[i] else 2):])
+
+
 @main.command(context_settings={"show_default": True}, short_help="Train a classifier at K_train with the paper's recipe.")
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="A conversion's OUT folder (or an ImageFolder tree).")
 @click.option("--out", default=default_of(TrainConfig, "out"), type=click.Path(file_okay=False),
@@ -276,8 +294,7 @@ def run_options(fn):
                    "MIN:MAX@START-END, as FFCV's ImageNet example does it: e.g. 160:192@65-76 trains at 160 up to epoch "
                    "65, at 192 from epoch 76, on a linear ramp rounded to multiples of 32 between (epochs count from "
                    "0). A checkpoint records the K_train of the last epoch it trained.")
-@click.option("--gpus", default=1, help="Processes on this machine, one per GPU (gloo CPU processes with --device cpu); "
-              "runs the same command under torchrun. On several nodes, call torchrun yourself.")
+@click.option("--gpus", default=1, help=GPUS_HELP)
 @run_options
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--epochs", default=default_of(Recipe, "epochs"), help="Paper: 120.")
@@ -314,16 +331,10 @@ def train(gpus, compile_, eval_res, **opts):
     test resolution. After each epoch the model is evaluated at the epoch's K_train (and --eval-res);
     metrics.jsonl records each epoch's K_train.
     """
-    import sys
-
-    from .distributed import relaunch_under_torchrun
     from .train import train as run
 
     opts["k_train"] = parse_res(opts["k_train"])  # a bad schedule is one line, before any process is started
-    if gpus > 1 and "WORLD_SIZE" not in os.environ:
-        args = sys.argv[1:]
-        i = next(k for k, a in enumerate(args) if a == "--gpus" or a.startswith("--gpus="))
-        relaunch_under_torchrun(gpus, args[:i] + args[i + (1 if "=" in args[i] else 2):])
+    _on_processes(gpus)
     recipe = Recipe(**{f.name: opts.pop(f.name) for f in dataclasses.fields(Recipe)})
     if opts["init"]:
         from .pretrained import init_source
@@ -345,10 +356,10 @@ def train(gpus, compile_, eval_res, **opts):
               help="Where every stage's folder and report.md go [default: the recipe's out, else runs/NAME].")
 @click.option("--dry-run", is_flag=True, help="Print the plan (what is done, what would run and why); run nothing.")
 @click.option("--gpus", default=1, show_default=True,
-              help="Processes of each train stage on this machine, one per GPU (gloo CPU processes with "
-                   "common.device=cpu), through torchrun; adapt and the other stages run on one. The train stages' "
-                   "settings include it: another --gpus trains them again. Under torchrun (several nodes), leave it "
-                   "out: the train stages run on torchrun's processes.")
+              help="Processes of each train and adapt stage on this machine, one per GPU (gloo CPU processes with "
+                   "common.device=cpu), through torchrun; the other stages run on one. The train and adapt stages' "
+                   "settings include it: another --gpus runs them again. Under torchrun (several nodes), leave it "
+                   "out: the train and adapt stages run on torchrun's processes.")
 @user_errors
 def run(recipe, sets, out, dry_run, gpus):
     """Run RECIPE: a recipe file, or the name of one shipped in pipelines/ (e.g. demo; an unknown name lists them).
@@ -364,8 +375,8 @@ def run(recipe, sets, out, dry_run, gpus):
         torchrun --nnodes M --nproc-per-node G --node-rank I --master-addr HOST --master-port PORT \\
           -m fixres_fast.cli run RECIPE
 
-    Each train stage runs on all M x G processes (the same stage and hash as --gpus M x G on one machine); the other
-    stages run on rank 0 while the rest wait; rank 0 alone prints.
+    Each train and adapt stage runs on all M x G processes (the same stage and hash as --gpus M x G on one machine);
+    the other stages run on rank 0 while the rest wait; rank 0 alone prints.
     """
     from .run import run as go
 
@@ -587,6 +598,8 @@ def _test_res(text: str) -> int | None:
               help="Learning rate [default: 0.008*B/512, the paper's]; x0.1 at half the epochs.")
 @click.option("--out", type=click.Path(dir_okay=False), default=default_of(AdaptConfig, "out"),
               help="Adapted checkpoint [default: CHECKPOINT-adaptedK.pt].")
+@click.option("--gpus", default=1, help=GPUS_HELP + " Each process runs the frozen trunk over its share of the images; "
+              "--batch-size is over all of them.")
 @run_options
 @click.option("--seed", default=default_of(AdaptConfig, "seed"))
 @click.option("--cache/--no-cache", default=default_of(AdaptConfig, "cache"),
@@ -597,19 +610,28 @@ def _test_res(text: str) -> int | None:
               help="--test-res auto: training images tried per candidate (fewer if the split holds fewer).")
 @click.option("--auto-holdout", default=default_of(AdaptConfig, "auto_holdout"), help="--test-res auto: the fraction of them held out to measure top-1 on.")
 @user_errors
-def adapt(k_test, **opts):
+def adapt(k_test, gpus, **opts):
     """Adapt a checkpoint to the test resolution K_test (Sec. 4.2): fine-tune the last BatchNorm before
     global pooling and the classifier at K_test on the training set, the trunk frozen.
 
     The adapted checkpoint records K_test and its pre-processing, so `fixres-fast evaluate` uses them.
+
+    With --gpus N (or under torchrun) every process reads its shard of the images: with test DA the frozen trunk's
+    pass is split over them and every process fits the tuned layers on the whole cache (the weights of one process);
+    a streamed fine-tuning (test DA2, train DA, --no-cache) is data-parallel, B / N images a process. Rank 0 writes
+    the checkpoint.
     """
     from .adapt import adapt as run
+    from .adapt import check
 
     given = opts.pop("checkpoint")
     sources = model_sources([given] if given else [], opts)
     if len(sources) != 1:
         raise UserError("adapt takes one model: --checkpoint FILE, or --weights FILE --arch NAME")
-    run(AdaptConfig(checkpoint=sources[0], k_test=_test_res(k_test), **opts), log=click.echo)
+    cfg = AdaptConfig(checkpoint=sources[0], k_test=_test_res(k_test), **opts)
+    check(cfg, max(gpus, 1))  # one line, before any process is started
+    _on_processes(gpus)
+    run(cfg, log=click.echo)
 
 
 @main.command("export", context_settings={"show_default": True},

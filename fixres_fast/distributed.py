@@ -1,9 +1,10 @@
 """Several processes through torch.distributed: nothing home-made.
 
-``fixres-fast train --gpus N`` re-runs the same command under torchrun (``torch.distributed.run``),
-which sets RANK, WORLD_SIZE and LOCAL_RANK; on several nodes users call torchrun themselves and the
-code below reads the same variables. NCCL on GPUs, gloo on CPUs. ``fixres-fast run`` under torchrun joins the world
-once for all its stages and runs (:func:`joined`); the trainer then uses that group and leaves it be.
+``fixres-fast train --gpus N`` (and ``adapt --gpus N``) re-runs the same command under torchrun
+(``torch.distributed.run``), which sets RANK, WORLD_SIZE and LOCAL_RANK; on several nodes users call torchrun
+themselves and the code below reads the same variables. NCCL on GPUs, gloo on CPUs. ``fixres-fast run`` under
+torchrun joins the world once for all its stages and runs (:func:`joined`); the trainer and adapt then use that group
+and leave it be.
 """
 from __future__ import annotations
 
@@ -90,6 +91,53 @@ def all_sum(values: list[float], d: Dist) -> list[float]:
     if d.world_size > 1:
         dist.all_reduce(t)
     return t.tolist()
+
+
+def all_gather_rows(tensors, d: Dist) -> list:
+    """Each of ``tensors`` (the same number of rows N_r on this process, e.g. its shard's images) with the rows of
+    every process, concatenated in rank order, on every process (on ``d.device``). all_gather wants one shape from
+    every process: each is padded to the largest N_r, and the padding dropped again."""
+    tensors = [t.to(d.device) for t in tensors]
+    if d.world_size == 1:
+        return tensors
+    mine = torch.tensor([tensors[0].shape[0]], device=d.device)
+    counts = [torch.zeros_like(mine) for _ in range(d.world_size)]
+    dist.all_gather(counts, mine)
+    counts = [int(c) for c in counts]
+    out = []
+    for t in tensors:
+        padded = t.new_zeros((max(counts), *t.shape[1:]))
+        padded[:t.shape[0]] = t
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded)
+        out.append(torch.cat([p[:c] for p, c in zip(parts, counts)]))
+    return out
+
+
+def weighted_mean(tensors, weight: float, d: Dist) -> None:
+    """Replace each of ``tensors`` by its mean over the processes, each process's weighted by its ``weight`` (e.g. the
+    images it averaged over), in place."""
+    if d.world_size == 1:
+        return
+    total = all_sum([weight], d)[0]
+    for t in tensors:
+        t.mul_(weight / total if total else 1 / d.world_size)
+        dist.all_reduce(t)
+
+
+def from_rank_0(tensors, d: Dist) -> None:
+    """Rank 0's values of ``tensors`` on every process, in place."""
+    if d.world_size > 1:
+        for t in tensors:
+            dist.broadcast(t, 0)
+
+
+def data_parallel(model, d: Dist):
+    """``model`` in DDP (gradients averaged over the processes), where there are several."""
+    if d.world_size == 1:
+        return model
+    ids = [d.device.index] if d.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def barrier(d: Dist) -> None:

@@ -194,3 +194,76 @@ def test_a_missing_val_file_is_an_error_not_a_missing_split(composites, tmp_path
     with pytest.raises(UserError) as e:
         adapted(composites, tmp_path, data=str(data), evaluate=True, backend="torch")
     assert "has no split" not in str(e.value) and "val" in str(e.value)
+
+
+# --- On several processes: `adapt --gpus N` (torchrun, gloo CPU processes) -------------------------------------
+
+
+def adapt_cli(composites, out, *extra):
+    """`fixres-fast adapt` of seed 0's network at 64 on the small set, as a command."""
+    import sys
+
+    return [sys.executable, "-m", "fixres_fast.cli", "adapt", "--checkpoint", str(composites["runs"][0]), "--data",
+            str(composites["small"]), "--test-res", "64", "--batch-size", "64", "--lr", "0.01", "--backend", "torch",
+            "--device", "cpu", "--workers", "1", "--amp", "off", "--out", str(out), *extra]
+
+
+def run_cli(cmd):
+    import subprocess
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_two_processes_each_cache_half_the_trunk_and_fit_what_one_process_fits(composites, tmp_path):
+    """The cached path (test DA): each process runs the frozen trunk over its shard, the shards are gathered in stored
+    order and every process fits the same layers on the whole cache: one process's weights and val top-1."""
+    one, _ = adapted(composites, tmp_path, epochs=2, evaluate=True)
+    stdout = run_cli(adapt_cli(composites, tmp_path / "two.pt", "--epochs", "2", "--gpus", "2"))
+    assert "cached the frozen trunk's output for 400 images at K_test=64" in stdout
+    assert "each of 2 processes ran it over ~200" in stdout
+    assert stdout.count("wrote ") == 1 and stdout.count("val top-1 at K_test=64") == 1  # rank 0 alone saves, logs
+    two = checkpoint.load(tmp_path / "two.pt")
+    base, mine, ref = (checkpoint.load(p)["model"] for p in (composites["runs"][0], tmp_path / "two.pt", one["out"]))
+    assert changed_keys(base, ref) and mine.keys() == ref.keys()
+    for k in ref:
+        assert torch.allclose(mine[k].float(), ref[k].float(), rtol=1e-4, atol=1e-6), k
+    info = two["meta"]["adaptation"]
+    assert info["processes"] == 2 and info["cached"] and one["processes"] == 1
+    assert (info["val_top1_before"], info["val_top1_after"]) == (one["val_top1_before"], one["val_top1_after"])
+
+
+def test_a_streamed_adaptation_on_two_processes_is_data_parallel_and_saves_what_every_rank_holds(composites, tmp_path):
+    """Test DA2 streams through the trunk: B / 2 images a process, DDP averaging the gradients. The val top-1 and loss
+    the processes measured together (each on its shard, with its own model) are those of the checkpoint rank 0 saved:
+    every process holds rank 0's model (its BN statistics too, which each process's own batches updated)."""
+    import math
+    import re
+
+    from fixres_fast.evaluate import EvalConfig, evaluate
+
+    stdout = run_cli(adapt_cli(composites, tmp_path / "two.pt", "--aug", "test2", "--epochs", "1", "--gpus", "2"))
+    loss = float(re.search(r"fine-tuned 1 epochs: last epoch's loss ([-\w.]+)", stdout).group(1))
+    assert math.isfinite(loss) and stdout.count("wrote ") == 1
+    doc = checkpoint.load(tmp_path / "two.pt")
+    info = doc["meta"]["adaptation"]
+    assert info["processes"] == 2 and not info["cached"] and info["aug"] == "test2"
+    assert changed_keys(checkpoint.load(composites["runs"][0])["model"], doc["model"]) == {"fc.weight", "fc.bias"} | {
+        f"features.19.{p}" for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    build_model("fixres_cnn", 10).load_state_dict(doc["model"])
+    [row] = evaluate(EvalConfig(checkpoints=(str(tmp_path / "two.pt"),), data=str(composites["small"]), k_test=(64,),
+                                **CPU), log=lambda *_: None)
+    assert row["top1"] == pytest.approx(info["val_top1_after"])
+    assert row["loss"] == pytest.approx(info["val_loss_after"], rel=1e-5)
+
+
+def test_a_batch_the_processes_cannot_share_is_one_line(composites, tmp_path):
+    args = adapt_cli(composites, tmp_path / "x.pt", "--aug", "test2", "--gpus", "2")[3:]
+    args[args.index("--batch-size") + 1] = "63"
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines() == [
+        "Error: --batch-size 63 (over all processes) must divide by the 2 processes: with --aug test2 the fine-tuning "
+        "streams through the trunk, B / 2 images a process; use e.g. --batch-size 64"]
+    assert not (tmp_path / "x.pt").exists()

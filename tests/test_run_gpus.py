@@ -1,11 +1,13 @@
 """`fixres-fast run --gpus N`: the train stages on N processes through torchrun (here N gloo CPU processes, as CI
 runs it), learning what `fixres-fast train --gpus N` learns; SIGTERM and kill -9 mid-stage, then the same command,
-give the same weights; --gpus is part of the train stages' settings; and the paths that cannot work are one line.
-`fixres-fast run` itself under torchrun on two "nodes" of this machine trains what --gpus 2 trains, and resumes
-after a process is killed."""
+give the same weights; the adapt stages on N processes too, fitting what one process fits; --gpus is part of the
+train and adapt stages' settings; and the paths that cannot work are one line. `fixres-fast run` itself under
+torchrun on two "nodes" of this machine trains and adapts what --gpus 2 does, and resumes after a process is
+killed."""
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -51,6 +53,14 @@ repeats = 1
 [evaluate]
 k_test = [32]
 """
+#: TINY with an adapt stage at 48 (its convert and train stages: TINY's, the same hashes).
+ADAPT = TINY + """
+[adapt]
+k_test = [48]
+epochs = 2
+batch_size = 16
+lr = 0.01
+"""
 #: `fixres-fast train` with TINY's [train] settings.
 TRAIN = ["--arch", "fixres_cnn", "--res", "32", "--epochs", "3", "--batch-size", "16", "--lr", "0.05",
          "--schedule", "cosine", "--repeats", "1", "--backend", "torch", "--device", "cpu", "--amp", "off",
@@ -73,6 +83,13 @@ def same(a, b):
 def recipe(tmp_path_factory):
     path = tmp_path_factory.mktemp("recipe") / "tiny.toml"
     path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def adapt_recipe(tmp_path_factory):
+    path = tmp_path_factory.mktemp("recipe") / "tiny-adapt.toml"
+    path.write_text(ADAPT)
     return path
 
 
@@ -154,13 +171,15 @@ def test_an_attempt_waits_for_the_processes_of_an_earlier_one(tmp_path):
     assert lines == ["waiting for the processes of an earlier attempt of this stage to stop"]
 
 
-def test_gpus_is_a_setting_of_the_train_stages_only(recipe, tmp_path):
+def test_gpus_is_a_setting_of_the_train_and_adapt_stages_only(adapt_recipe, tmp_path):
     from fixres_fast.run import _Builder, load
 
-    _, doc, out = load(str(recipe), (), str(tmp_path))
-    one, two = ({s.name: s.hash for s in _Builder(doc, out, gpus).build()} for gpus in (1, 2))
-    assert one["convert/c"] == two["convert/c"]
-    assert all(one[s] != two[s] for s in ("train/32", "evaluate/32"))  # and what reads the network trained
+    _, doc, out = load(str(adapt_recipe), (), str(tmp_path))
+    one, two = ({s.name: s for s in _Builder(doc, out, gpus).build()} for gpus in (1, 2))
+    assert one["convert/c"].hash == two["convert/c"].hash
+    assert all(one[s].hash != two[s].hash for s in ("train/32", "adapt/32-48", "evaluate/32"))  # and what reads them
+    assert [s for s in two if two[s].config.get("gpus") == 2] == ["train/32", "adapt/32-48"]
+    assert not any("gpus" in s.config for s in one.values())
 
 
 def one_line_error(args, env=None):
@@ -302,10 +321,77 @@ def test_runs_follow_each_other_in_one_world_and_processes_that_build_other_stag
         assert (tmp_path / f"rank{rank}.txt").read_text().splitlines() == ["4 4 4", line]
 
 
-def test_a_world_of_two_hashes_the_train_stages_as_gpus_2_does(recipe, tmp_path):
+def test_a_world_of_two_hashes_the_train_and_adapt_stages_as_gpus_2_does(adapt_recipe, tmp_path):
     from fixres_fast.run import _Builder, load
 
-    _, doc, out = load(str(recipe), (), str(tmp_path))
+    _, doc, out = load(str(adapt_recipe), (), str(tmp_path))
     gpus, world = ({s.name: (s.hash, s.every_process) for s in _Builder(doc, out, *processes).build()}
                    for processes in ((2, 1), (1, 2)))  # (--gpus, torchrun's WORLD_SIZE)
-    assert gpus == world and world["train/32"][1] and not world["evaluate/32"][1]
+    assert gpus == world and world["train/32"][1] and world["adapt/32-48"][1] and not world["evaluate/32"][1]
+
+
+# --- The adapt stages on several processes -------------------------------------------------------------------
+
+
+def _close(a, b):
+    return a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-6) for k in a)
+
+
+@pytest.fixture(scope="module")
+def adapted_two(adapt_recipe, two, tmp_path_factory):
+    """The tiny recipe with its adapt stage, run with --gpus 2 on a copy of what `two` ran (convert, train: done)."""
+    out = tmp_path_factory.mktemp("adapted-two") / "out"
+    shutil.copytree(two[0], out)
+    done = subprocess.run(cli("run", str(adapt_recipe), "--out", str(out), "--gpus", "2"), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out, done.stdout
+
+
+def test_the_adapt_stage_runs_on_two_processes_and_fits_what_one_process_fits(adapted_two, tmp_path):
+    from fixres_fast.adapt import AdaptConfig, adapt
+
+    out, stdout = adapted_two
+    assert "train/32                 done" in stdout and "adapt/32-48              run     new" in stdout
+    assert "adapting on 2 processes (torch.distributed, gloo)" in stdout
+    stage = json.loads((out / "adapt" / "32-48" / "stage.json").read_text())
+    assert stage["config"]["gpus"] == 2 and stage["result"]["processes"] == 2 and stage["result"]["cached"]
+    ref = adapt(AdaptConfig(checkpoint=str(out / "train" / "32" / "last.pt"), k_test=48,
+                            data=str(out / "convert" / "c" / "records"), epochs=2, batch_size=16, lr=0.01,
+                            backend="torch", device="cpu", amp="off", workers=1, out=str(tmp_path / "ref.pt")),
+                log=lambda *_: None)
+    assert ref["processes"] == 1
+    mine, theirs = weights(out / "adapt" / "32-48" / "adapted.pt"), weights(tmp_path / "ref.pt")
+    assert not same(mine, weights(out / "train" / "32" / "last.pt")) and _close(mine, theirs)
+    assert (stage["result"]["val_top1_before"], stage["result"]["val_top1_after"]) == (
+        ref["val_top1_before"], ref["val_top1_after"])
+
+
+def test_run_under_torchrun_adapts_on_every_process_as_gpus_2_does(adapt_recipe, two, adapted_two, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(two[0], out)
+    (code0, out0, err0), (code1, out1, err1) = _ended(_nodes(tmp_path, "adapt", (str(adapt_recipe), "--out", str(out))))
+    assert code0 == code1 == 0, err0[-3000:] + err1[-3000:]
+    assert "adapt/32-48              run     new" in out0 and out1 == ""
+    assert out0.count("cached the frozen trunk's output for 96 images at K_test=48") == 1
+    assert "each of 2 processes ran it over ~48" in out0
+    ref, _ = adapted_two
+    mine, theirs = (json.loads((o / "adapt" / "32-48" / "stage.json").read_text()) for o in (out, ref))
+    assert mine["hash"] == theirs["hash"] and mine["config"] == theirs["config"] and mine["result"]["processes"] == 2
+    assert _close(weights(out / "adapt" / "32-48" / "adapted.pt"), weights(ref / "adapt" / "32-48" / "adapted.pt"))
+
+
+def test_an_adapt_stage_stopped_by_sigterm_starts_again_and_fits_the_same(adapt_recipe, two, adapted_two, tmp_path):
+    """Adaptation has no last.pt: its processes stop at once on the signal the run forwards (exit 143), and the same
+    command runs the stage again from the start."""
+    out = tmp_path / "out"
+    shutil.copytree(two[0], out)
+    cmd = cli("run", str(adapt_recipe), "--out", str(out), "--gpus", "2")
+    stage = out / "adapt" / "32-48"
+    assert _interrupted(cmd, (stage / "rank1.pid").exists, signal.SIGTERM, tmp_path / "1.log") == 143
+    assert "Traceback" not in (tmp_path / "1.log").read_text() and not (stage / "stage.json").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "adapt/32-48              resume  interrupted; starts again" in again.stdout
+    ref, _ = adapted_two
+    assert _close(weights(stage / "adapted.pt"), weights(ref / "adapt" / "32-48" / "adapted.pt"))

@@ -12,19 +12,19 @@ outputs, and last, atomically, ``stage.json`` (the done-marker: hash, config, se
 its config and its inputs' hashes, so a rerun skips the finished stages whose hash is unchanged and redoes a changed
 stage with every stage after it that reads its outputs. A stage interrupted with the same hash continues where it
 stopped (train from ``last.pt``; convert from its own state); one whose config changed starts afresh in an emptied
-folder. ``--dry-run`` prints that plan and runs nothing. ``--gpus N`` runs each train stage on N processes through
-torchrun (:mod:`.worker`; its hash then covers N); adapt and the other stages run on one process.
+folder. ``--dry-run`` prints that plan and runs nothing. ``--gpus N`` runs each train and adapt stage on N processes
+through torchrun (:mod:`.worker`; its hash then covers N); the other stages run on one process.
 
 On several nodes, start the run itself under torchrun (``torchrun --nnodes M --nproc-per-node G ... -m
 fixres_fast.cli run RECIPE``, OUT on a file system every node shares): every process joins the world once (until it
-exits), for every run it makes. Rank 0 alone plans, runs the single-process stages (convert, adapt, evaluate,
-analyze, export, report), writes every stage's started.json and stage.json, and logs; the other processes wait for
-it (on a gloo group of their own, with a long timeout, :data:`STAGE_WAIT`) and learn from it the plan and each
-stage's outcome, so that a one-line error stops them all. Each train stage runs on all M x G processes, in each of
-them, as ``fixres-fast train`` under torchrun does; its hash covers M x G as it covers --gpus N, so that ``run
---gpus 2`` and a torchrun of two processes train the same stage to the same weights (with as many threads per
+exits), for every run it makes. Rank 0 alone plans, runs the single-process stages (convert, evaluate, analyze,
+export, report), writes every stage's started.json and stage.json, and logs; the other processes wait for it (on a
+gloo group of their own, with a long timeout, :data:`STAGE_WAIT`) and learn from it the plan and each stage's
+outcome, so that a one-line error stops them all. Each train and adapt stage runs on all M x G processes, in each of
+them, as ``fixres-fast train`` / ``adapt`` under torchrun do; its hash covers M x G as it covers --gpus N, so that
+``run --gpus 2`` and a torchrun of two processes train the same stage to the same weights (with as many threads per
 process). A process that dies makes torchrun stop the others; the same command continues from what was written
-(train from last.pt).
+(train from last.pt; an adapt stage starts again).
 
 This package is the top of fixres_fast, as :mod:`fixres_fast.demo` is: the one place besides it that calls several
 jobs. :mod:`.recipe` finds, overrides and checks recipes; :mod:`.stages` turns each table into stages that call the
@@ -72,7 +72,7 @@ class Stage:
     hash: str = ""
     always: bool = False  # run on every run (the report: cheap, and written by the code of the day)
     continues: bool = False  # interrupted, it continues from what it wrote (train: last.pt; convert: its state)
-    every_process: bool = False  # under torchrun, run on each of its processes (train), not on rank 0 alone
+    every_process: bool = False  # under torchrun, run on each of its processes (train, adapt), not on rank 0 alone
 
 
 @dataclass
@@ -108,7 +108,7 @@ class _Builder:
         self.doc, self.out, self.stages, self.networks = doc, out, [], {}
         self.common = recipes.check_table(doc.get("common", {}), where="common", own=COMMON)
         self.converts = {}
-        self.gpus = gpus  # processes of each train stage that the run starts itself (run --gpus N)
+        self.gpus = gpus  # processes of each train and adapt stage that the run starts itself (run --gpus N)
         self.world = world  # processes running the run itself (an outer torchrun's WORLD_SIZE)
 
     def table(self, key: str) -> dict | None:
@@ -159,13 +159,14 @@ class _Builder:
         return self.stages
 
     def on_processes(self) -> None:
-        """Each train stage runs on the N processes of --gpus N (started through torchrun, :mod:`.worker`), or on
-        the W processes of an outer torchrun (in each of them); where N or W > 1, its hash covers it, as ``gpus``: a
-        world of N learns other numbers than one process (each process's share of B, its BatchNorm statistics, its
-        augmentations), and the same numbers whichever torchrun started it."""
+        """Each train and adapt stage runs on the N processes of --gpus N (started through torchrun, :mod:`.worker`),
+        or on the W processes of an outer torchrun (in each of them); where N or W > 1, its hash covers it, as
+        ``gpus``: a world of N learns other numbers than one process (each process's share of B, its BatchNorm
+        statistics, its augmentations; an adapt stage's trunk pass in other batches), and the same numbers whichever
+        torchrun started it."""
         processes = self.gpus * self.world
         for s in self.stages:
-            if s.name.startswith("train/"):
+            if s.name.startswith(("train/", "adapt/")):
                 s.every_process = True
                 if processes > 1:
                     s.config = {**s.config, "gpus": processes}
@@ -252,14 +253,14 @@ def finish(s: Stage, out: Path, resuming: bool, seconds: float, result) -> dict:
 
 #: How long the other processes of a run under torchrun wait for rank 0's single-process stages: longer than any
 #: stage takes (an ImageNet conversion takes hours). It is the timeout of the gloo group they wait on, and of that
-#: group alone: the train stages' collectives keep torch's default, so that a hung process still fails them.
+#: group alone: the train and adapt stages' collectives keep torch's default, so that a hung process still fails them.
 STAGE_WAIT = timedelta(days=7)
 
 
 class _World:
     """The processes of one ``fixres-fast run``: this one, or the world an outer torchrun started (``group``: the
     group its processes wait on). Rank 0 plans and runs the single-process stages and writes every stage's
-    bookkeeping; every process runs each train stage; the others learn each outcome from rank 0."""
+    bookkeeping; every process runs each train and adapt stage; the others learn each outcome from rank 0."""
 
     def __init__(self, rank: int = 0, size: int = 1, group=None):
         self.rank, self.size, self.group = rank, size, group
@@ -316,11 +317,11 @@ def _world_size(gpus: int) -> int:
     from ..distributed import world_size
 
     if gpus < 1:
-        raise UserError(f"--gpus must be 1 or more (processes per train stage), got {gpus}")
+        raise UserError(f"--gpus must be 1 or more (processes per train and adapt stage), got {gpus}")
     world = world_size()
     if world > 1 and gpus > 1:
         raise UserError(f"--gpus {gpus} under torchrun (WORLD_SIZE={world}): the processes are torchrun's, and each "
-                        f"train stage runs on all {world} of them; drop --gpus (or run without torchrun)")
+                        f"train and adapt stage runs on all {world} of them; drop --gpus (or run without torchrun)")
     return world
 
 
@@ -343,8 +344,9 @@ def _quiet(*_) -> None:
 
 def run(recipe: str, sets=(), out: str | None = None, dry_run: bool = False, log=print, gpus: int = 1) -> dict:
     """Run (or with ``dry_run`` only plan) a recipe; returns {'out', 'recipe', 'plan', 'report'}. ``gpus``: processes
-    of each train stage, through torchrun on this machine (gloo CPU processes where the device is cpu). Under an
-    outer torchrun (several nodes), every process calls run() and rank 0 alone logs: see the module's docstring."""
+    of each train and adapt stage, through torchrun on this machine (gloo CPU processes where the device is cpu).
+    Under an outer torchrun (several nodes), every process calls run() and rank 0 alone logs: see the module's
+    docstring."""
     world = _joined(gpus)
     return _run(world, recipe, sets, out, dry_run, log if world.main else _quiet, gpus)
 
@@ -403,7 +405,7 @@ def _planned(w: _World, recipe: str, sets, out, gpus: int) -> tuple[Path, Path, 
 
 
 def _execute_on(w: _World, s: Stage, out: Path, log) -> None:
-    """Run one stage: on rank 0 alone, or (a train stage under torchrun) on every process, rank 0 readying its
+    """Run one stage: on rank 0 alone, or (a train or adapt stage under torchrun) on every process, rank 0 readying its
     folder first and writing its stage.json after."""
     if w.size == 1 or not s.every_process:
         w.on_main(lambda: execute(s, out, log))

@@ -1,6 +1,7 @@
 """The stages of a recipe (:mod:`fixres_fast.run`), one function per kind: each checks its table against the job's
 config dataclass and adds its stages, whose actions call the job directly (convert.convert, train.train,
-adapt.adapt, evaluate.evaluate, analysis.activations.pooled_activations, export.export)."""
+adapt.adapt, evaluate.evaluate, analysis.activations.pooled_activations, export.export), or, for train and adapt on
+``run --gpus N``, through torchrun (:mod:`.worker`)."""
 from __future__ import annotations
 
 import contextlib
@@ -225,7 +226,7 @@ def _train_action(tab: dict, k: int, data: str):
         from ..pretrained import init_source
         from . import Interrupted
         from ..train import train
-        from .worker import stage_lock, train_on
+        from .worker import job_on, stage_lock
 
         opts = dict(tab)
         if opts.get("init"):
@@ -233,7 +234,7 @@ def _train_action(tab: dict, k: int, data: str):
         with stage_lock(d, log) if processes > 1 else contextlib.nullcontext() as lock:
             resume = (d / "last.pt").is_file()
             cfg = TrainConfig(data=data, out=str(d), k_train=k, resume=resume, **opts)
-            result = train(cfg, log=log) if processes == 1 else train_on(cfg, processes, d, lock, log)
+            result = train(cfg, log=log) if processes == 1 else job_on("train", cfg, processes, d, lock, log)
         if result.get("interrupted"):
             raise Interrupted(result["signal"])
         final = k_train_at(k, cfg.recipe.epochs - 1)  # the checkpoint's K_train: its last epoch's
@@ -296,11 +297,18 @@ def adapts(b) -> None:
 
 
 def _adapt_action(tab: dict, net, k: int | None, data: str):
-    def action(d: Path, log) -> dict:
+    def action(d: Path, log, processes: int = 1) -> dict:
+        """``processes`` > 1 (``run --gpus N``): adapt through torchrun on that many processes (:mod:`.worker`);
+        under an outer torchrun, this process is one of its world. The result says how many ran ('processes')."""
         from ..adapt import adapt
+        from .worker import job_on, stage_lock
 
         cfg = AdaptConfig(checkpoint=net.checkpoint, k_test=k, data=data, out=str(d / "adapted.pt"), **tab)
-        result = adapt(cfg, log=log)
+        if processes == 1:
+            result = adapt(cfg, log=log)
+        else:
+            with stage_lock(d, log) as lock:
+                result = job_on("adapt", cfg, processes, d, lock, log)
         return _plain({"job": asdict(cfg), **result, "out": "adapted.pt"})
     return action
 

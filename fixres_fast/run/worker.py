@@ -1,12 +1,15 @@
-"""A train stage on N processes (``fixres-fast run --gpus N``), through torchrun as ``fixres-fast train --gpus N``.
+"""A train or adapt stage on N processes (``fixres-fast run --gpus N``), through torchrun as ``fixres-fast train
+--gpus N`` and ``fixres-fast adapt --gpus N`` run.
 
-The stage writes its TrainConfig to ``OUT/train/K/job.json`` and starts ``python -m fixres_fast.run.worker torchrun N
-JOB PID`` in a session of its own (torchrun, asked to die with the run), holding ``train.lock`` for it. torchrun starts
-N ``... worker train JOB`` processes: each asks for SIGTERM when torchrun dies, holds ``processes.lock`` (shared),
-writes its pid to ``rankR.pid``, joins the process group and calls :func:`fixres_fast.train.train`; rank 0 writes
-``result.json``. SIGTERM / SIGINT to the run go to those N processes themselves, which write a resumable last.pt
-together, as one process does. The run killed with -9 takes torchrun with it, so its processes get SIGTERM and do the
-same; the next attempt waits on the locks until they are gone.
+The stage writes which job it is (train, adapt) and its config (TrainConfig, AdaptConfig) to ``OUT/<stage>/job.json``
+and starts ``python -m fixres_fast.run.worker torchrun N JOB PID`` in a session of its own (torchrun, asked to die
+with the run), holding ``stage.lock`` for it. torchrun starts N ``... worker job JOB`` processes: each asks for
+SIGTERM when torchrun dies, holds ``processes.lock`` (shared), writes its pid to ``rankR.pid``, joins the process
+group and calls :func:`fixres_fast.train.train` or :func:`fixres_fast.adapt.adapt`; rank 0 writes ``result.json``.
+SIGTERM / SIGINT to the run go to those N processes themselves: training ones write a resumable last.pt together, as
+one process does; adapting ones, with nothing to resume from, stop at once (the stage starts again on the next
+attempt). The run killed with -9 takes torchrun with it, so its processes get SIGTERM and do the same; the next
+attempt of a train stage waits on the locks until they are gone.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from pathlib import Path
 from ..artifacts import write_json, write_text
 from ..errors import UserError
 
-JOB, RESULT, LOCK, RUNNING, PIDS = "job.json", "result.json", "train.lock", "processes.lock", "rank*.pid"
+JOB, RESULT, LOCK, RUNNING, PIDS = "job.json", "result.json", "stage.lock", "processes.lock", "rank*.pid"
 MODULE = "fixres_fast.run.worker"  # this file, as python -m runs it
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -54,13 +57,13 @@ def _wait(fd: int, log) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX)
 
 
-def train_on(cfg, processes: int, folder: Path, lock: int, log) -> dict:
-    """train(cfg) on ``processes`` processes of this machine, :func:`stage_lock`'s ``lock`` held by them too; what
-    rank 0's train() returned, with the number of processes that ran."""
+def job_on(job: str, cfg, processes: int, folder: Path, lock: int, log) -> dict:
+    """train(cfg) or adapt(cfg) (``job``) on ``processes`` processes of this machine, :func:`stage_lock`'s ``lock``
+    held by them too; what rank 0's job returned, with the number of processes that ran."""
     from . import Interrupted
 
     _check_devices(cfg.device, processes)
-    write_json(folder / JOB, {"config": asdict(cfg)})
+    write_json(folder / JOB, {"job": job, "config": asdict(cfg)})
     for old in (folder / RESULT, *folder.glob(PIDS)):
         old.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", MODULE, "torchrun", str(processes), str(folder / JOB), str(os.getpid())]
@@ -90,7 +93,7 @@ def train_on(cfg, processes: int, folder: Path, lock: int, log) -> dict:
             signal.signal(s, h)
     if received:
         raise Interrupted(received[0])
-    return _outcome(folder, processes, code)
+    return _outcome(job, folder, processes, code)
 
 
 def _check_devices(device: str, processes: int) -> None:
@@ -103,7 +106,7 @@ def _check_devices(device: str, processes: int) -> None:
                         f"{torch.cuda.device_count()} or fewer (or common.device=cpu for gloo CPU processes)")
 
 
-def _outcome(folder: Path, processes: int, code: int) -> dict:
+def _outcome(job: str, folder: Path, processes: int, code: int) -> dict:
     try:
         doc = json.loads((folder / RESULT).read_text())
     except (OSError, ValueError):
@@ -111,9 +114,9 @@ def _outcome(folder: Path, processes: int, code: int) -> dict:
     if "error" in doc:
         raise UserError(doc["error"])
     if "result" not in doc or (code and not doc["result"].get("interrupted")):
-        raise UserError(f"the train stage's {processes} processes stopped (torchrun exit status {code}) before "
-                        "finishing; the output above says why. The same command runs it again (from "
-                        f"{folder}/last.pt where there is one)")
+        again = f" (from {folder}/last.pt where there is one)" if job == "train" else ""
+        raise UserError(f"the {job} stage's {processes} processes stopped (torchrun exit status {code}) before "
+                        f"finishing; the output above says why. The same command runs it again{again}")
     return {**doc["result"], "processes": doc["world_size"]}
 
 
@@ -131,14 +134,18 @@ def _dies_with(parent: int, signum: int) -> None:
         raise SystemExit(128 + signum)
 
 
-def _config(doc: dict):
-    """The TrainConfig of ``job.json``: its JSON conformed to the dataclass, as a recipe's table is."""
+def _config(job: str, doc: dict):
+    """The TrainConfig or AdaptConfig (``job``) of ``job.json``: its JSON conformed to the dataclass, as a recipe's
+    table is (an AdaptConfig's checkpoint: a path, or pretrained weights)."""
     from dataclasses import replace
 
+    from ..adapt import AdaptConfig
     from ..pretrained import Pretrained
     from ..train import TrainConfig
     from .recipe import conform
 
+    if job == "adapt":
+        return conform(doc, AdaptConfig, "adapt")
     cfg = conform(doc, TrainConfig, "train")
     return replace(cfg, init=conform(cfg.init, Pretrained, "train.init")) if isinstance(cfg.init, dict) else cfg
 
@@ -152,7 +159,8 @@ def _say(*args) -> None:
         sys.stdout = open(os.devnull, "w")
 
 
-def _train(job: Path) -> None:
+def _process(job: Path) -> None:
+    from ..adapt import adapt
     from ..runtime import resolve_device
     from ..train import train
 
@@ -161,11 +169,15 @@ def _train(job: Path) -> None:
     running = os.open(job.with_name(RUNNING), os.O_RDWR | os.O_CREAT)  # held until this process ends
     fcntl.flock(running, fcntl.LOCK_SH)
     write_text(job.with_name(PIDS.replace("*", str(rank))), str(os.getpid()))  # whole, or not there
-    cfg = _config(json.loads(job.read_text())["config"])
+    doc = json.loads(job.read_text())
+    kind, cfg = doc["job"], _config(doc["job"], doc["config"])
+    if kind == "adapt":  # nothing to resume from: SIGINT stops it at once, as SIGTERM does, without a traceback
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     if rank == 0:
-        _say(f"training on {world} processes (torch.distributed, {'nccl' if resolve_device(cfg.device).type == 'cuda' else 'gloo'})")
+        backend = "nccl" if resolve_device(cfg.device).type == "cuda" else "gloo"
+        _say(f"{'training' if kind == 'train' else 'adapting'} on {world} processes (torch.distributed, {backend})")
     try:
-        result = train(cfg, log=_say)
+        result = (train if kind == "train" else adapt)(cfg, log=_say)
     except UserError as e:
         if rank == 0:
             write_json(job.with_name(RESULT), {"error": str(e)})
@@ -186,15 +198,15 @@ def main(argv: list[str]) -> None:
         processes, job, parent = args
         _dies_with(int(parent), signal.SIGKILL)
         try:
-            run(parse_args(torchrun_args(int(processes), MODULE, ["train", job])))
+            run(parse_args(torchrun_args(int(processes), MODULE, ["job", job])))
         except ChildFailedError:
             raise SystemExit(1) from None  # what failed is in result.json, or above
         except SignalException as e:  # its processes were sent the signal and have stopped
             raise SystemExit(128 + e.sigval) from None
-    elif role == "train":
-        _train(Path(args[0]))
+    elif role == "job":
+        _process(Path(args[0]))
     else:
-        raise SystemExit(f"usage: python -m {MODULE} torchrun N JOB PID | train JOB")
+        raise SystemExit(f"usage: python -m {MODULE} torchrun N JOB PID | job JOB")
 
 
 if __name__ == "__main__":
