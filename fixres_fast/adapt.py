@@ -150,6 +150,13 @@ def _adapt(cfg: AdaptConfig, d: Dist, log) -> dict:
     backend = backend_for(cfg.backend, d.device, data)
     job = _Job(cfg, meta, data, cmap, d.device, amp_dtype(cfg.amp, d.device), backend, d)
     tuned_modules(model, cfg.tune if cfg.method == "finetune" else "fc", cfg.bn_scope, job.k_train)  # fail early
+    if d.world_size > 1:  # every process's shard must hold an image, or the gathers wait for ever; each says so
+        from .loaders.source import open_source
+
+        images = len(open_source(job.data, "train"))
+        if images < d.world_size:
+            raise UserError(f"{job.data}'s train split holds {images} images, fewer than the {d.world_size} processes "
+                            "that would each adapt on a share of them: use fewer processes")
     t0 = time.perf_counter()
     auto = None
     if cfg.k_test is None:

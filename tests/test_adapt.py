@@ -267,3 +267,20 @@ def test_a_batch_the_processes_cannot_share_is_one_line(composites, tmp_path):
         "Error: --batch-size 63 (over all processes) must divide by the 2 processes: with --aug test2 the fine-tuning "
         "streams through the trunk, B / 2 images a process; use e.g. --batch-size 64"]
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_fewer_training_images_than_processes_is_each_processs_one_line(composites, tmp_path):
+    """A process whose shard would hold no image would wait in the gathers for ever: each says why and stops."""
+    import subprocess
+
+    from fixres_fast.convert import ConvertConfig, convert
+    from fixres_fast.sampledata import composite_tree
+
+    composite_tree(tmp_path / "src", n_train=1, n_val=2, seed=0)
+    convert(ConvertConfig(layout="folder", src=str(tmp_path / "src"), out=str(tmp_path / "one"), workers=1),
+            log=lambda *_: None)
+    cmd = adapt_cli(composites, tmp_path / "x.pt", "--gpus", "2")
+    cmd[cmd.index("--data") + 1] = str(tmp_path / "one")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and not (tmp_path / "x.pt").exists()
+    assert (done.stdout + done.stderr).count("train split holds 1 images, fewer than the 2 processes") == 2
