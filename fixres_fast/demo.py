@@ -23,6 +23,7 @@ class DemoConfig:
     out: str | None = None
     k_train: int | None = None  # train resolution of the FixRes network
     k_test: int | None = None  # test resolution adapted to: the composites' size
+    # with the baseline, a network trained at (K_train + K_test) / 2 is adapted at K_test too: the closer pair
     n_train: int | None = None  # training composites (half as many for validation)
     epochs: int | None = None
     adapt_epochs: int | None = None
@@ -41,7 +42,8 @@ class DemoConfig:
             a, b = self.k_train or doc["adapt"]["k_train"][0], self.k_test or doc["adapt"]["k_test"][0]
             baseline = len(doc["train"]["k_train"]) > 1 if self.baseline is None else self.baseline
             ks = sorted({a, (a + b) // 2, b})
-            sets += [f"train.k_train={[a, b] if baseline else [a]}", f"adapt.k_train=[{a}]", f"adapt.k_test=[{b}]",
+            adapted = [k for k in ks if k != b] if baseline else [a]
+            sets += [f"train.k_train={ks if baseline else [a]}", f"adapt.k_train={adapted}", f"adapt.k_test=[{b}]",
                      f"convert.composites.size={b}", f"evaluate.k_test={ks}", f"analyze.k_train=[{a}]",
                      f"analyze.k_test={[a // 2, *ks]}"]
         if self.n_train is not None:
@@ -71,7 +73,8 @@ def demo(cfg: DemoConfig = DemoConfig(), log=print) -> dict:
         folders[seed] = out / f"seed-{seed}"
         log(f"\n=== seed {seed} of {first}..{first + cfg.seeds - 1}: {folders[seed]}")
         run(RECIPE, [*cfg.sets(), f"common.seed={seed}"], str(folders[seed]), log=log)
-    found = effects(folders, doc["adapt"]["k_train"][0], doc["adapt"]["k_test"][0])
+    nets = doc["adapt"]["k_train"]
+    found = effects(folders, nets[0], doc["adapt"]["k_test"][0], nets[1] if len(nets) > 1 else None)
     lines = seeds_report(found)
     path = out / "seeds.md"
     from .artifacts import write_text
@@ -101,15 +104,17 @@ def _seconds(folder: Path, stage: str) -> float | None:
     return json.loads(path.read_text())["seconds"] if path.is_file() else None
 
 
-def seed_effects(folder: Path, k_train: int, k_test: int) -> dict:
+def seed_effects(folder: Path, k_train: int, k_test: int, closer: int | None = None) -> dict:
     """One seed's run in ``folder``: {effect: (gain in top-1 points, note)} for the effects it has the rows of.
+    ``closer``: the K_train of the closer pair (a second network adapted at K_test), whose (3) is ``cheaper_closer``.
 
     1. ``above``: the unadapted network trained at K_train is most accurate above K_train (best unadapted top-1
        at a K_test > K_train, minus its top-1 at K_train; the note: where the best is).
     2. ``adapted``: adaptation at K_test raises its accuracy at K_test (adapted minus unadapted, at K_test).
     3. ``cheaper``: trained at K_train and adapted beats trained at K_test (tested at K_test), for less training
-       time (the note: (train K_train + adapt) / train K_test, in % of the time)."""
-    low, high = _rows(folder, k_train), _rows(folder, k_test)
+       time (the note: (train K_train + adapt) / train K_test, in % of the time); ``cheaper_closer``: the same for
+       the closer pair's network."""
+    low = _rows(folder, k_train)
     at_k_train, adapted, unadapted = _top1(low, k_train), _top1(low, k_test, k_test), _top1(low, k_test)
     found = {}
     above = [(r["top1"], int(r["res"])) for r in low if r["adapted_at"] is None and r["res"].isdigit()
@@ -119,35 +124,46 @@ def seed_effects(folder: Path, k_train: int, k_test: int) -> dict:
         found["above"] = (best - at_k_train, f"best at {where}")
     if adapted is not None and unadapted is not None:
         found["adapted"] = (adapted - unadapted, "")
-    trained_at_k_test = _top1(high, k_test)
-    times = [_seconds(folder, s) for s in (f"train/{k_train}", f"adapt/{k_train}-{k_test}", f"train/{k_test}")]
-    if adapted is not None and trained_at_k_test is not None and k_test != k_train and None not in times:
-        found["cheaper"] = (adapted - trained_at_k_test, f"{100 * (times[0] + times[1]) / times[2]:.0f}% of the time")
+    for name, net in (("cheaper", k_train), ("cheaper_closer", closer)):
+        gain = _cheaper(folder, net, k_test) if net is not None else None
+        if gain is not None:
+            found[name] = gain
     return found
+
+
+def _cheaper(folder: Path, net: int, k_test: int) -> tuple[float, str] | None:
+    """Effect (3) for the network trained at ``net``: its top-1 adapted at K_test minus the top-1 of the network
+    trained at K_test, both tested at K_test, and the share of the training time (None: the run lacks a row)."""
+    adapted, trained_at_k_test = _top1(_rows(folder, net), k_test, k_test), _top1(_rows(folder, k_test), k_test)
+    times = [_seconds(folder, s) for s in (f"train/{net}", f"adapt/{net}-{k_test}", f"train/{k_test}")]
+    if adapted is None or trained_at_k_test is None or net == k_test or None in times:
+        return None
+    return adapted - trained_at_k_test, f"{100 * (times[0] + times[1]) / times[2]:.0f}% of the time"
 
 
 EFFECTS = {  # effect: what its gain is, in the paper's words
     "above": "(1) unadapted, train {a}: best top-1 above K_train minus top-1 at K_train = {a}",
     "adapted": "(2) train {a}: adapted at K_test = {b} minus unadapted, both tested at {b}",
     "cheaper": "(3) train {a} + adapt at {b} minus train {b}, both tested at {b}",
+    "cheaper_closer": "(3) the closer pair: train {m} + adapt at {b} minus train {b}, both tested at {b}",
 }
 
 
-def effects(folders: dict[int, Path], k_train: int, k_test: int) -> dict:
+def effects(folders: dict[int, Path], k_train: int, k_test: int, closer: int | None = None) -> dict:
     """{'k_train', 'k_test', 'seeds', 'effects': {effect: {'what', 'gains', 'notes', 'mean', 'std', 'min', 'max',
     'margin'}}} over the seeds' runs (``folders``: seed -> its OUT). ``std``: the sample standard deviation over
     seeds (n - 1 in the denominator); ``margin``: mean / std (how many spreads the mean gain lies above 0)."""
-    per_seed = {s: seed_effects(f, k_train, k_test) for s, f in folders.items()}
+    per_seed = {s: seed_effects(f, k_train, k_test, closer) for s, f in folders.items()}
     out = {}
     for name, what in EFFECTS.items():
         if not all(name in found for found in per_seed.values()):
             continue
         gains = [per_seed[s][name][0] for s in folders]
         mean, std = statistics.fmean(gains), statistics.stdev(gains) if len(gains) > 1 else math.nan
-        out[name] = {"what": what.format(a=k_train, b=k_test), "gains": gains, "notes": [per_seed[s][name][1] for s in folders],
+        out[name] = {"what": what.format(a=k_train, b=k_test, m=closer), "gains": gains, "notes": [per_seed[s][name][1] for s in folders],
                      "mean": mean, "std": std, "min": min(gains), "max": max(gains),
                      "margin": mean / std if std > 0 else (math.inf if mean > 0 else math.nan)}
-    return {"k_train": k_train, "k_test": k_test, "seeds": list(folders), "effects": out}
+    return {"k_train": k_train, "k_test": k_test, "closer": closer, "seeds": list(folders), "effects": out}
 
 
 def seeds_report(found: dict) -> list[str]:
@@ -164,7 +180,8 @@ def seeds_report(found: dict) -> list[str]:
         cells = [f"{g:+.2f}" + (f" ({n})" if n else "") for g, n in zip(e["gains"], e["notes"])]
         lines.append(f"| {e['what']} | " + " | ".join(cells) + f" | {e['mean']:+.2f} | {e['std']:.2f} | "
                      f"{e['min']:+.2f} | {e['max']:+.2f} | {e['margin']:.1f} |")
-    missing = [w.format(a=found["k_train"], b=found["k_test"]) for n, w in EFFECTS.items() if n not in found["effects"]]
+    missing = [w.format(a=found["k_train"], b=found["k_test"], m=found["closer"]) for n, w in EFFECTS.items()
+               if n not in found["effects"] and (n != "cheaper_closer" or found["closer"] is not None)]
     if missing:
         lines += ["", "Not measured (the runs lack its rows; (3) needs the network trained at K_test, --baseline): "
                   + "; ".join(missing) + "."]

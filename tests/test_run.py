@@ -23,7 +23,8 @@ from . import imagesets
 #: The demo recipe at a small size: 96 + 48 composites of 48 px, K_train 32 and 48, two epochs (so that a kill
 #: in the second leaves a last.pt to continue from), one of adaptation, the photo sample not read back.
 SMALL_DEMO = ["convert.composites.train_images=96", "convert.composites.val_images=48", "convert.composites.size=48",
-              "train.k_train=[32, 48]", "adapt.k_test=[48]", "evaluate.k_test=[32, 48]", "analyze.k_test=[16, 48]",
+              "train.k_train=[32, 48]", "adapt.k_train=[32]", "adapt.k_test=[48]", "evaluate.k_test=[32, 48]",
+              "analyze.k_test=[16, 48]",
               "analyze.limit=40", "train.recipe.epochs=2", "train.recipe.batch_size=16", "adapt.epochs=1",
               "adapt.batch_size=16", "common.workers=1", "convert.photos.verify=false"]
 STAGES = ["convert/photos", "convert/composites", "train/32", "train/48", "adapt/32-48", "evaluate/32", "evaluate/48",
@@ -67,9 +68,9 @@ def test_shipped_recipes():
                                    "or a list of them, got [32, 48.5]"),
     (['train.k_train=["32:16@0-1"]'], "train.k_train 32:16@0-1: MIN 32 is above MAX 16 (the ramp grows K_train); "
                                       "expected a resolution such as 224, or MIN:MAX@START-END"),
-    (['analyze.k_train=["32:64@0-1"]'], "analyze.k_train: no network is trained at 32:64@0-1 (train.k_train: 32, 64)"),
+    (['analyze.k_train=["32:64@0-1"]'], "analyze.k_train: no network is trained at 32:64@0-1 (train.k_train: 32, 48, 64)"),
     (["adapt.k_test=best"], "adapt.k_test: expected a list of test resolutions such as [224, 288], or 'auto'"),
-    (["evaluate.ensembles={128 = [256, 192]}"], "evaluate.ensembles.128: no network 128 (the networks: 32, 64)"),
+    (["evaluate.ensembles={128 = [256, 192]}"], "evaluate.ensembles.128: no network 128 (the networks: 32, 48, 64)"),
     (["analyze.k_train=[128]"], "analyze.k_train: no network is trained at 128"),
     (["common.shards=2"], "unknown key common.shards; allowed: amp, backend, device, on_corrupt, seed, workers"),
     (["trian.epochs=2"], "unknown key trian at the recipe's top level"),
