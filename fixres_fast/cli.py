@@ -409,7 +409,7 @@ def _stage_interrupts():
 @click.option("--adapt-epochs", type=int, default=None,
               help=f"Fine-tuning epochs of the adaptation [default: the paper's {FINETUNE_EPOCHS}].")
 @click.option("--baseline/--no-baseline", default=None,
-              help="Also train a network at --k-test, for comparison.")
+              help="Also train a network at --k-test, for comparison (and the closer pair at the midpoint).")
 @click.option("--workers", type=int, default=None, help="Processes [default: all cores].")
 @click.option("--seed", type=int, default=None, help="Seed of the sample data, the record order, training and adaptation.")
 @click.option("--seeds", type=int, default=1, show_default=True,
@@ -425,13 +425,15 @@ def demo(n_train, **opts):
 
     2. FixRes: on composites of real objects pasted at varied sizes on real photos, a small CNN is
     trained at K_train, evaluated at several test resolutions, adapted at K_test (BN+fc fine-tuning,
-    test DA) and evaluated again, beside a network trained at K_test. Prints the table, and writes
-    OUT/report.md and OUT/accuracy.png (the paper's Fig. 5).
+    test DA) and evaluated again, beside a network trained at K_test and one trained at (K_train + K_test) / 2 and
+    adapted at K_test too (the closer pair). Prints the tables, and writes OUT/report.md and OUT/accuracy.png (the
+    paper's Fig. 5).
 
     With --seeds N: the demo for N seeds, each in OUT/seed-S (a rerun skips the finished stages of each), then
     OUT/seeds.md: the paper's three effects on each seed (1: the unadapted network is most accurate above K_train;
     2: adaptation at K_test raises accuracy at K_test; 3: trained at K_train and adapted beats trained at K_test, for
-    less training time), with their mean, standard deviation over seeds and mean / std.
+    less training time; for K_train and for the closer pair), with their mean, standard deviation over seeds and
+    mean / std.
     """
     from .demo import demo as go
 
