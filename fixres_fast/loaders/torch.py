@@ -250,6 +250,11 @@ def _leave_stops_to_the_trainer(worker_id: int) -> None:
     and Ctrl-C reaches the terminal's; a worker killed by it first failed the step before the checkpoint was written."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # blocked by _started: one that came meanwhile is dropped
+
+
+#: The signals a stop request arrives by (SIGTERM from torchrun or a scheduler, SIGINT from Ctrl-C).
+STOPS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _collate_bytes(items) -> EncodedBatch:
@@ -283,15 +288,29 @@ class TorchLoader(BatchLoader):
         if self.device.type == "cuda":
             # decoding and augmenting batch i + 1 (nvJPEG and roi_align, GIL released) overlaps the
             # caller's work on batch i
-            yield from overlapped(self.loader, lambda b: decode_batch(self._sound(b), self.spec, self.source,
-                                                                      self.device), self.device)
+            yield from overlapped(self._started(), lambda b: decode_batch(self._sound(b), self.spec, self.source,
+                                                                          self.device), self.device)
         else:
-            for pixels, labels, idx, ok in self.loader:
+            for pixels, labels, idx, ok in self._started():
                 if not bool(torch.as_tensor(ok).all()):
                     self.damaged.found(idx[~ok].tolist(), len(idx))
                     pixels, labels = pixels[ok], labels[ok]
                 yield to_batch(pixels, labels, self.device, self.spec)
         self.damaged.end_epoch(self.epoch)
+
+    def _started(self):
+        """The DataLoader's iterator, its worker processes started with SIGTERM and SIGINT blocked. A worker installs
+        torch's SIGTERM handler (which dies) before :func:`_leave_stops_to_the_trainer` ignores the signal, so a stop
+        that reached the process group then (torchrun signals it whole; workers start afresh each epoch) killed the
+        worker and failed the step; blocked, it waits in the worker until ignored, and reaches this process when the
+        mask is restored here."""
+        if not self.loader.num_workers:
+            return iter(self.loader)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+        try:
+            return iter(self.loader)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _sound(self, batch: "EncodedBatch") -> "EncodedBatch":
         """The batch without its damaged records (or RecordError, by the policy)."""
