@@ -42,6 +42,13 @@ def error_lines(text):
     return [s for s in text.splitlines() if s.startswith("Error: ")]
 
 
+def _as_from_a_shell():
+    """In the child: SIGINT as a terminal's shell leaves it (default, unblocked), whatever the test process has made
+    of it (a process started with SIGINT ignored keeps it ignored, and Python then installs no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def wait_for_partial(proc, out, timeout=60):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -84,7 +91,7 @@ def test_kill_9_leaves_only_partial_files_and_rerun_resumes(tree, tmp_path):
 def test_ctrl_c_leaves_no_final_file_and_says_so_only(tree, tmp_path):
     """Ctrl-C at a terminal reaches the whole process group: the encoding processes too. One clean line."""
     out = tmp_path / "out"
-    proc = start(tree, out, "--workers", "2", start_new_session=True)
+    proc = start(tree, out, "--workers", "2", start_new_session=True, preexec_fn=_as_from_a_shell)
     wait_for_partial(proc, out)
     os.killpg(proc.pid, signal.SIGINT)
     text, _ = proc.communicate(timeout=60)
