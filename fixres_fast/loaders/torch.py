@@ -244,17 +244,17 @@ class EncodedBatch(NamedTuple):
         return list(torch.split(self.data, self.sizes))
 
 
+#: The signals a stop request arrives by (SIGTERM from torchrun or a scheduler, SIGINT from Ctrl-C).
+STOPS = {signal.SIGTERM, signal.SIGINT}
+
+
 def _leave_stops_to_the_trainer(worker_id: int) -> None:
     """A DataLoader worker ignores SIGTERM and SIGINT: the process that trains handles them (it writes a resumable
     checkpoint, then shuts its workers down). torchrun stops its processes by signalling their whole process group,
     and Ctrl-C reaches the terminal's; a worker killed by it first failed the step before the checkpoint was written."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for s in STOPS:
+        signal.signal(s, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # blocked by _started: one that came meanwhile is dropped
-
-
-#: The signals a stop request arrives by (SIGTERM from torchrun or a scheduler, SIGINT from Ctrl-C).
-STOPS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _collate_bytes(items) -> EncodedBatch:
